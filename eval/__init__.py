@@ -1,0 +1,1 @@
+"""Evaluation: offline comparisons, judges, online statistics, the promotion gate and reports."""

@@ -1,0 +1,116 @@
+"""ratchet's one settings object.
+
+Every field has a default, a help text and an environment variable `RATCHET_<FIELD>` (for example
+`RATCHET_HOME`, `RATCHET_DATABASE_URL`). This module is a leaf: it imports nothing of ours, so every
+package may read it.
+
+The workspace (`home`) holds everything a run produces:
+
+    <home>/ratchet.db     the SQLite store (unless database_url points elsewhere)
+    <home>/models/        base models (the demo model is built here by `ratchet init`)
+    <home>/adapters/      trained LoRA adapters, one folder per registered name
+    <home>/runs/          training runs: metrics CSV, loss plots
+    <home>/reports/       evaluation reports
+    <home>/admin.key      the admin token (mode 0600, no trailing newline)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEMO_MODEL_NAME = "demo-tiny-v1"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RATCHET_", extra="ignore")
+
+    # -- workspace and store ------------------------------------------------------------------
+    home: Path = Field(Path(".ratchet"), description="Workspace directory (store, models, adapters, runs).")
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the feedback store; empty means SQLite at <home>/ratchet.db. "
+        "Postgres: postgresql+psycopg://user@host:5432/db",
+    )
+    log_batch_size: int = Field(64, ge=1, description="Completions written per commit by the batched log writer.")
+    log_flush_seconds: float = Field(
+        0.2, gt=0, description="Longest time a completion waits in the log writer before it is committed."
+    )
+
+    # -- model and engine ---------------------------------------------------------------------
+    base_model: str = Field(
+        "",
+        description="Base model: a local Hugging Face model directory (or hub id where a hub is reachable). "
+        "Empty means the demo model that `ratchet init` builds under <home>/models/.",
+    )
+    demo_seed: int = Field(0, description="Seed of the demo model build (corpus, tokenizer, weights).")
+    demo_steps: int = Field(600, ge=1, description="Pretraining steps of the demo model (600 ~ 90 s on 2 cores).")
+    engine: Literal["hf", "vllm", "auto"] = Field(
+        "hf", description="Inference engine: hf (transformers+PEFT), vllm, or auto (vLLM when CUDA and vLLM exist)."
+    )
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads for in-process inference; 0 = torch's default.")
+    trust_remote_code: bool = Field(False, description="Allow model repos to run their own Python code on load.")
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server listens on.")
+    api_keys: str = Field(
+        "", description="Comma-separated API keys to seed the key table with (chat, feedback, files, fine-tuning)."
+    )
+
+    # -- derived paths ------------------------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.home / "ratchet.db"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.home / "adapters"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.home / "admin.key"
+
+    @property
+    def demo_model_dir(self) -> Path:
+        return self.models_dir / DEMO_MODEL_NAME
+
+    @property
+    def store_url(self) -> str:
+        """The database URL actually used: `database_url`, else SQLite inside the workspace."""
+        return self.database_url or f"sqlite:///{self.db_path.resolve()}"
+
+    @property
+    def base_model_path(self) -> str:
+        """What to hand to `from_pretrained`: the configured base model, else the demo model dir."""
+        return self.base_model or str(self.demo_model_dir)
+
+    @property
+    def base_model_id(self) -> str:
+        """A short, stable name for the base model, recorded with every completion and adapter."""
+        if not self.base_model:
+            return DEMO_MODEL_NAME
+        return Path(self.base_model).name if Path(self.base_model).exists() else self.base_model
+
+    @property
+    def seed_api_keys(self) -> list[str]:
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    def with_home(self, home: Path | None) -> Settings:
+        """A copy whose workspace is `home` (the CLI's --home), or this object when home is None."""
+        return self if home is None else self.model_copy(update={"home": Path(home)})
