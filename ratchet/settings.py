@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     engine: Literal["hf", "vllm", "auto"] = Field(
         "hf", description="Inference engine: hf (transformers+PEFT), vllm, or auto (vLLM when CUDA and vLLM exist)."
     )
-    torch_threads: int = Field(0, ge=0, description="torch intra-op threads for in-process inference; 0 = torch's default.")
+    torch_threads: int = Field(
+        0, ge=0, description="torch intra-op threads for in-process inference; 0 = torch's default."
+    )
     trust_remote_code: bool = Field(False, description="Allow model repos to run their own Python code on load.")
 
     # -- HTTP ---------------------------------------------------------------------------------
