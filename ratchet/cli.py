@@ -1,0 +1,482 @@
+"""The `ratchet` command line.
+
+Contract (DESIGN.md): every command takes `--home DIR`; `status`, `adapters` and `data stats` take
+`--json` and then print exactly one JSON object on stdout; exit code 0 on success, otherwise non-zero
+with a one-line reason on stderr. Progress and chatter go to stderr, so stdout stays scriptable.
+Heavy libraries (torch, transformers, ray) are imported inside the commands that need them, which keeps
+`ratchet --help` fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ratchet.settings import Settings
+
+app = typer.Typer(
+    help="Serve a chat model, learn from its users' ratings, and ship only what proves better.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(help="Import, export and summarise training data and feedback.", no_args_is_help=True)
+train_app = typer.Typer(help="Train a LoRA adapter with TRL (SFT, DPO or KTO).", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Manage API keys for the chat, feedback, files and fine-tuning routes.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.add_typer(keys_app, name="keys")
+
+err = Console(stderr=True)
+
+Home = Annotated[
+    Path | None, typer.Option("--home", help="Workspace directory [env: RATCHET_HOME; default ./.ratchet]")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")]
+Host = Annotated[str | None, typer.Option("--host", help="Bind address [default 127.0.0.1]")]
+Port = Annotated[int | None, typer.Option("--port", help="Port [default 8000]")]
+
+
+class CliError(Exception):
+    """A failure the user can act on: printed as one line on stderr, exit code 1."""
+
+
+def settings_for(home: Path | None) -> Settings:
+    return Settings().with_home(home)
+
+
+def print_json(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+
+
+def open_store(settings: Settings):
+    """The store of an initialised workspace (migrated on open, so an older store is upgraded)."""
+    from feedback.db import migrate
+    from feedback.store import FeedbackStore
+
+    if not settings.database_url and not settings.db_path.exists():
+        raise CliError(f"no workspace at {settings.home}: run `ratchet init --home {settings.home}` first")
+    migrate(settings.store_url)
+    return FeedbackStore(settings.store_url)
+
+
+# -- init and chat -------------------------------------------------------------------------------
+
+
+@app.command()
+def init(home: Home = None) -> None:
+    """Create the workspace (idempotent): folders, admin key, migrated store, and the demo model."""
+    from deploy.workspace import init_workspace
+
+    settings = settings_for(home)
+    try:
+        report = init_workspace(settings)
+    except FileNotFoundError as error:
+        raise CliError(str(error)) from error
+    made = ", ".join(report.created) if report.created else "nothing new (already initialised)"
+    err.print(f"workspace {report.home}: created {made}")
+    err.print(f"base model: {report.base_model}")
+
+
+@app.command()
+def chat(
+    message: Annotated[str, typer.Argument(help="What to say to the model.")],
+    home: Home = None,
+    model: Annotated[str, typer.Option(help="current, base or an adapter name (ft-NNNN).")] = "current",
+    system: Annotated[str | None, typer.Option(help="Optional system message.")] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 96,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="0 = greedy.")] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    url: Annotated[str | None, typer.Option(help="Ask a running server (base URL) instead of in-process.")] = None,
+) -> None:
+    """Ask the model one question and print the answer on stdout."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
+    if url:
+        print(_chat_remote(url, model, messages, max_tokens, temperature, seed))
+        return
+    from serving.local_chat import chat as generate
+    from serving.local_chat import load_model
+
+    settings = settings_for(home)
+    base_dir = Path(settings.base_model_path)
+    if not (base_dir / "config.json").is_file():
+        raise CliError(f"no base model at {base_dir}: run `ratchet init --home {settings.home}` first")
+    adapter_dir = _adapter_dir_for(settings, model)
+    loaded_model, tokenizer = load_model(str(base_dir), adapter_dir=adapter_dir)
+    print(generate(loaded_model, tokenizer, messages, max_tokens=max_tokens, temperature=temperature, seed=seed))
+
+
+def _adapter_dir_for(settings: Settings, model: str) -> str | None:
+    """The adapter directory for a model name, or None for the base model."""
+    if model == "base" or (model == "current" and not settings.db_path.exists() and not settings.database_url):
+        return None
+    from feedback.registry import AdapterRegistry
+
+    store = open_store(settings)
+    try:
+        name = model
+        if model == "current":
+            name = (store.get_state("current") or {}).get("adapter") or "base"
+            if name == "base":
+                return None
+        registry = AdapterRegistry(store, settings.adapters_dir)
+        if registry.get(name) is None:
+            raise CliError(f"model {name!r} not found: use current, base or a name from `ratchet adapters`")
+        registry.verify(name)
+        return str(registry.resolve_path(name))
+    finally:
+        store.close()
+
+
+def _chat_remote(
+    url: str, model: str, messages: list[dict], max_tokens: int, temperature: float, seed: int | None
+) -> str:
+    import httpx
+
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+    if seed is not None:
+        body["seed"] = seed
+    try:
+        response = httpx.post(url.rstrip("/") + "/v1/chat/completions", json=body, timeout=120)
+    except httpx.HTTPError as error:
+        raise CliError(f"cannot reach {url}: {error}") from error
+    if response.status_code != 200:
+        try:
+            reason = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            reason = response.text[:200]
+        raise CliError(f"server answered {response.status_code}: {reason}")
+    return response.json()["choices"][0]["message"]["content"]
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+@data_app.command("import")
+def data_import(
+    file: Annotated[Path, typer.Argument(help="OpenAI fine-tuning JSONL (chat SFT, DPO or KTO rows).")],
+    home: Home = None,
+    skip_invalid: Annotated[bool, typer.Option(help="Import the good lines even when some are bad.")] = False,
+) -> None:
+    """Validate every line and import the file in one transaction (nothing when any line is bad)."""
+    from feedback.ingest import import_jsonl
+
+    settings = settings_for(home)
+    store = open_store(settings)
+    try:
+        count_tokens, context = _token_counter(settings)
+        report = import_jsonl(
+            store.engine, file, skip_invalid=skip_invalid, count_tokens=count_tokens, max_tokens=context
+        )
+    finally:
+        store.close()
+    for line in report.errors:
+        sys.stderr.write(line + "\n")
+    if report.errors and not skip_invalid:
+        raise CliError(f"{file}: {len(report.errors)} invalid line(s), nothing imported")
+    err.print(report.summary())
+
+
+def _token_counter(settings: Settings):
+    """(count_tokens, context length) from the base model's tokenizer, or (None, None) when absent."""
+    base_dir = Path(settings.base_model_path)
+    if not (base_dir / "config.json").is_file():
+        err.print(f"[yellow]no base model at {base_dir}: prompt lengths are not checked[/]")
+        return None, None
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=settings.trust_remote_code)
+    config = AutoConfig.from_pretrained(base_dir, trust_remote_code=settings.trust_remote_code)
+    context = getattr(config, "max_position_embeddings", None)
+
+    def count_tokens(messages: list[dict]) -> int:
+        return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+
+    return count_tokens, context
+
+
+@data_app.command("export")
+def data_export(
+    home: Home = None,
+    format: Annotated[str, typer.Option("--format", help="sft, dpo or kto.")] = "sft",
+    output: Annotated[Path | None, typer.Option("--output", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Write the store's training data (imported rows and rated conversations) as JSONL."""
+    from feedback.export import export_jsonl
+
+    if format not in ("sft", "dpo", "kto"):
+        raise CliError(f"unknown format {format!r}: use sft, dpo or kto")
+    settings = settings_for(home)
+    store = open_store(settings)
+    try:
+        if output is None:
+            count = export_jsonl(store.engine, format, sys.stdout)
+        else:
+            partial = output.with_name(output.name + ".partial")
+            with partial.open("w", encoding="utf-8") as handle:
+                count = export_jsonl(store.engine, format, handle)
+            partial.replace(output)  # a reader never sees a half-written export
+    finally:
+        store.close()
+    err.print(f"exported {count} {format} row(s)" + (f" to {output}" if output else ""))
+
+
+@data_app.command("stats")
+def data_stats(home: Home = None, as_json: AsJson = False) -> None:
+    """Summarise the store: completions, ratings, comparisons, examples, users."""
+    settings = settings_for(home)
+    store = open_store(settings)
+    try:
+        stats = store.stats()
+    finally:
+        store.close()
+    if as_json:
+        print_json(stats)
+        return
+    table = Table(title=f"ratchet store ({settings.home})")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for key, value in _flatten(stats):
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, object]]:
+    rows: list[tuple[str, object]] = []
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            rows.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+# -- registry and status -------------------------------------------------------------------------
+
+
+@app.command()
+def adapters(home: Home = None, as_json: AsJson = False) -> None:
+    """List registered adapters with their lineage and status, newest first."""
+    from feedback.registry import AdapterRegistry
+
+    settings = settings_for(home)
+    store = open_store(settings)
+    try:
+        registry = AdapterRegistry(store, settings.adapters_dir)
+        items = [registry.as_public(adapter) for adapter in registry.list()]
+    finally:
+        store.close()
+    if as_json:
+        print_json({"adapters": items})
+        return
+    table = Table(title="adapters")
+    for column in ("name", "status", "method", "parent", "base_model", "created"):
+        table.add_column(column)
+    for item in items:
+        table.add_row(
+            *(
+                str(item.get(column) or "-")
+                for column in ("name", "status", "method", "parent", "base_model", "created")
+            )
+        )
+    Console().print(table)
+
+
+@app.command()
+def status(home: Home = None, as_json: AsJson = False) -> None:
+    """What is being served and what the store holds (from the store; a running server adds live numbers)."""
+    settings = settings_for(home)
+    store = open_store(settings)
+    try:
+        state = {
+            "current": (store.get_state("current") or {}).get("adapter"),
+            "previous": (store.get_state("previous") or {}).get("adapter"),
+            "canary": store.get_state("canary"),
+            "engine": settings.engine,
+            "base_model": settings.base_model_id,
+            "loop": store.get_state("loop") or {"state": "stopped", "last_decision": None},
+            "counts": store.stats(),
+        }
+    finally:
+        store.close()
+    if as_json:
+        print_json(state)
+        return
+    table = Table(title=f"ratchet status ({settings.home})", show_header=False)
+    for key, value in _flatten(state):
+        table.add_row(key, "-" if value is None else str(value))
+    Console().print(table)
+
+
+# -- API keys ------------------------------------------------------------------------------------
+
+
+@keys_app.command("add")
+def keys_add(home: Home = None, name: Annotated[str, typer.Option(help="A label for the key.")] = "") -> None:
+    """Create an API key and print it once on stdout (only its hash is stored)."""
+    settings = settings_for(home)
+    store = open_store(settings)
+    try:
+        key_id, key = store.add_api_key(name)
+    finally:
+        store.close()
+    err.print(f"created {key_id}; store the key now, it is not shown again")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(home: Home = None, as_json: AsJson = False) -> None:
+    """List API keys (id, label, prefix, state); never the keys themselves."""
+    settings = settings_for(home)
+    store = open_store(settings)
+    try:
+        rows = [
+            {"id": k.id, "name": k.name, "prefix": k.prefix, "created": k.created, "revoked": k.revoked}
+            for k in store.list_api_keys()
+        ]
+    finally:
+        store.close()
+    if as_json:
+        print_json({"keys": rows})
+        return
+    table = Table(title="API keys")
+    for column in ("id", "name", "prefix", "state"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["id"], row["name"] or "-", row["prefix"] + "…", "revoked" if row["revoked"] else "active")
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id (key-…) or prefix.")], home: Home = None) -> None:
+    """Revoke an API key; requests with it get 401 from then on."""
+    settings = settings_for(home)
+    store = open_store(settings)
+    try:
+        revoked = store.revoke_api_key(key_id)
+    finally:
+        store.close()
+    if not revoked:
+        raise CliError(f"no active key {key_id!r}: see `ratchet keys list`")
+    err.print(f"revoked {key_id}")
+
+
+# -- commands that later work fills in -----------------------------------------------------------
+
+
+def _not_yet(command: str, issue: str) -> None:
+    raise CliError(f"`ratchet {command}` is not available in this version yet ({issue})")
+
+
+@app.command()
+def serve(home: Home = None, host: Host = None, port: Port = None) -> None:
+    """Serve the OpenAI-compatible API on Ray Serve."""
+    _not_yet("serve", "the serving issue")
+
+
+@app.command()
+def up(home: Home = None, host: Host = None, port: Port = None) -> None:
+    """Serve and run the improvement loop together."""
+    _not_yet("up", "the closed-loop issue")
+
+
+@app.command()
+def demo(
+    home: Home = None,
+    host: Host = None,
+    port: Port = None,
+    ratings: Annotated[int, typer.Option(help="Simulated ratings to collect.")] = 240,
+    minutes: Annotated[float, typer.Option(help="Cap on the whole wall time.")] = 10.0,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated users.")] = 0,
+) -> None:
+    """Simulated users with a hidden preference teach the model; prints the before/after line."""
+    _not_yet("demo", "the closed-loop issue")
+
+
+@train_app.command("sft")
+def train_sft(home: Home = None) -> None:
+    """Supervised fine-tuning on good answers and corrections."""
+    _not_yet("train sft", "the retraining issue")
+
+
+@train_app.command("dpo")
+def train_dpo(home: Home = None) -> None:
+    """Direct preference optimisation on answer pairs."""
+    _not_yet("train dpo", "the retraining issue")
+
+
+@train_app.command("kto")
+def train_kto(home: Home = None) -> None:
+    """KTO on unpaired thumbs up / down."""
+    _not_yet("train kto", "the retraining issue")
+
+
+@app.command("eval")
+def evaluate(candidate: Annotated[str, typer.Argument(help="Adapter to evaluate.")], home: Home = None) -> None:
+    """Evaluate a candidate adapter against the current one."""
+    _not_yet("eval", "the closed-loop issue")
+
+
+@app.command()
+def promote(adapter: Annotated[str, typer.Argument(help="Adapter to promote.")], home: Home = None) -> None:
+    """Make an adapter current (immediate and full)."""
+    _not_yet("promote", "the closed-loop issue")
+
+
+@app.command()
+def rollback(home: Home = None) -> None:
+    """Go back to the previous adapter."""
+    _not_yet("rollback", "the closed-loop issue")
+
+
+@app.command()
+def loop(home: Home = None) -> None:
+    """Run the retrain-evaluate-promote loop against a running server."""
+    _not_yet("loop", "the closed-loop issue")
+
+
+@app.command()
+def simulate(home: Home = None) -> None:
+    """Send simulated users with a hidden preference to a running server."""
+    _not_yet("simulate", "the closed-loop issue")
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Console entry point: errors become one line on stderr and a non-zero exit code."""
+    try:
+        code = app(standalone_mode=False)
+    except CliError as error:
+        sys.stderr.write(f"ratchet: {error}\n")
+        sys.exit(1)
+    except click.exceptions.Abort:
+        sys.stderr.write("ratchet: aborted\n")
+        sys.exit(130)
+    except click.ClickException as error:
+        sys.stderr.write(f"ratchet: {error.format_message()}\n")
+        sys.exit(error.exit_code)
+    except (OSError, ValueError, LookupError) as error:
+        # missing files, bad values and unknown names from the packages below: the message says it all
+        sys.stderr.write(f"ratchet: {error}\n")
+        sys.exit(1)
+    except Exception as error:
+        if os.environ.get("RATCHET_DEBUG"):
+            raise
+        sys.stderr.write(
+            f"ratchet: internal error ({type(error).__name__}: {error}); set RATCHET_DEBUG=1 for the traceback\n"
+        )
+        sys.exit(1)
+    sys.exit(code or 0)
