@@ -55,6 +55,14 @@ class Settings(BaseSettings):
         0, ge=0, description="torch intra-op threads for in-process inference; 0 = torch's default."
     )
     trust_remote_code: bool = Field(False, description="Allow model repos to run their own Python code on load.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype for serving: auto = float32 for hf, bfloat16 for vLLM on CPU."
+    )
+    max_batch_size: int = Field(32, ge=1, description="Most sequences decoded together by the hf engine.")
+    max_adapters: int = Field(8, ge=1, description="Adapters kept loaded at once (least recently used go first).")
+    max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank an adapter may have to be served.")
+    max_model_len: int = Field(0, ge=0, description="Context length to serve; 0 = the model's own.")
+    vllm_kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV cache size in GiB.")
 
     # -- HTTP ---------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")

@@ -1,0 +1,72 @@
+"""The engine interface: what serving needs from an inference backend, and nothing more.
+
+An engine turns one `GenerationRequest` (prompt token ids, an adapter name or None for the base model,
+sampling parameters) into an async stream of `GenerationOutput` deltas, the last of which carries a
+`finish_reason`. It also loads and unloads LoRA adapters by name from a directory the caller has already
+checked (engines never resolve user-given paths). The engine knows nothing about HTTP, chat templates or
+the store: serving applies the chat template, fans out `n` choices as separate requests, and logs.
+
+Two implementations: `serving.engines.hf.HFEngine` (transformers + PEFT, continuous batching; the
+reference) and `serving.engines.vllm.VLLMEngine` (vLLM's AsyncLLM with LoRA). `create_engine` picks one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 64
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None  # per request: the same seed gives the same sample, whatever else is running
+    stop: tuple[str, ...] = ()  # stop strings; the text stops before the first one found
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    ignore_eos: bool = False  # benchmarks: generate exactly max_tokens
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    adapter: str | None = None  # a loaded adapter's name; None = the base model
+
+
+@dataclass
+class GenerationOutput:
+    """A delta: the tokens and text produced since the previous output of this request."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason | None = None  # set on the last output only
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # cumulative
+
+
+class AdapterLoadError(RuntimeError):
+    """An adapter could not be loaded (bad files, wrong base model, rank over the limit, ...)."""
+
+
+class Engine(Protocol):
+    """What every engine offers. `generate` may be called concurrently from many tasks."""
+
+    context_length: int
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def load_adapter(self, name: str, path: str) -> None: ...
+
+    async def unload_adapter(self, name: str) -> None: ...
+
+    def adapters(self) -> list[str]: ...
+
+    async def shutdown(self) -> None: ...
