@@ -67,6 +67,15 @@ class Settings(BaseSettings):
     # -- HTTP ---------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP server listens on.")
+    max_concurrent_requests: int = Field(
+        64, ge=1, description="Requests one replica runs at once; more are refused with 429 and Retry-After."
+    )
+    max_n: int = Field(8, ge=1, description="Largest `n` (choices per chat request).")
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens when a request gives none (capped by context).")
+    max_request_bytes: int = Field(1_000_000, ge=1024, description="Largest request body; bigger ones get 413.")
+    num_cpus: float = Field(2.0, gt=0, description="CPUs for the local Ray cluster that `ratchet serve` starts.")
+    replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each serving replica.")
+    replicas: int = Field(1, ge=1, description="Serving replicas.")
     api_keys: str = Field(
         "", description="Comma-separated API keys to seed the key table with (chat, feedback, files, fine-tuning)."
     )

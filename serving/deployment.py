@@ -1,0 +1,165 @@
+"""The Ray Serve application: one deployment whose replicas each hold an engine and the HTTP app.
+
+Ingress and engine share a replica, so a token goes from the engine to the socket without another hop;
+replicas scale out whole. Routing state (current, previous, canary) is the deployment's `user_config`:
+deploying a new one through Serve's config path calls `reconfigure()` IN PLACE on every replica (no
+restart, no dropped request; see FACTS.md), which loads and checks the adapters and then switches.
+
+Extra routers (files, fine-tuning, admin promote/rollback) arrive as import paths ("pkg.module:router")
+and are imported inside the replica, so this package never imports the packages that add them.
+
+`build(args)` is the application builder named by the Serve config (`serving.deployment:build`);
+`serve_config()` writes that config, and `run_local()` is what `ratchet serve` runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from ratchet.settings import Settings
+
+log = logging.getLogger("ratchet.serving")
+APP_NAME = "ratchet"
+DEPLOYMENT_NAME = "RatchetServer"
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _import_object(path: str) -> Any:
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@serve.ingress()
+class RatchetServer:
+    """One replica: runtime (engine, store, writer) plus the FastAPI app built around it."""
+
+    async def __init__(self, settings: dict[str, Any], routers: list[str] | None = None) -> None:
+        from serving import runtime as runtime_module
+        from serving.app import create_app
+
+        self.settings = Settings(**settings)
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        self.runtime = runtime_module.ServingRuntime(self.settings)
+        await self.runtime.start()
+        runtime_module.install(self.runtime)
+        self.app = create_app(
+            [_import_object(path) for path in routers or []], max_request_bytes=self.settings.max_request_bytes
+        )
+
+    def __serve_build_asgi_app__(self):
+        return self.app
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """Serve's in-place update: apply the routing state (loads and checks adapters first)."""
+        await self.runtime.apply_state(config.get("state") or {})
+
+    async def check_health(self) -> None:
+        if not self.runtime.ready:
+            raise RuntimeError("runtime not ready")
+
+    async def __del__(self) -> None:
+        await self.runtime.shutdown()
+
+
+def build(args: dict[str, Any]) -> serve.Application:
+    """Serve application builder: `args` = {"settings": {...}, "routers": ["pkg.mod:router", ...]}."""
+    return serve.deployment(RatchetServer, name=DEPLOYMENT_NAME).bind(args["settings"], args.get("routers") or [])
+
+
+def settings_payload(settings: Settings) -> dict[str, Any]:
+    """Settings as plain JSON for a replica, with the workspace made absolute (workers have their own cwd)."""
+    payload = settings.model_dump(mode="json")
+    payload["home"] = str(Path(settings.home).resolve())
+    return payload
+
+
+def serve_config(
+    settings: Settings,
+    *,
+    routers: list[str] | None = None,
+    state: dict | None = None,
+    import_path: str = "serving.deployment:build",
+) -> dict[str, Any]:
+    """The Serve config (`serve deploy` / `serve run` format) for this app and these settings."""
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": settings.host, "port": settings.port},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": "/",
+                "import_path": import_path,
+                "args": {"settings": settings_payload(settings), "routers": routers or []},
+                "deployments": [
+                    {
+                        "name": DEPLOYMENT_NAME,
+                        "num_replicas": settings.replicas,
+                        # Admission control happens in the app (OpenAI-shaped 429s); Serve's limits sit above it.
+                        "max_ongoing_requests": settings.max_concurrent_requests + 8,
+                        "max_queued_requests": settings.max_concurrent_requests,
+                        "ray_actor_options": {"num_cpus": settings.replica_cpus},
+                        "user_config": {"state": state or {}},
+                        "health_check_period_s": 10,
+                        "graceful_shutdown_timeout_s": 20,
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def start_ray(settings: Settings) -> None:
+    import ray
+
+    os.environ.update({k: os.environ.get(k, v) for k, v in RAY_ENV.items()})
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=settings.num_cpus,
+            include_dashboard=False,
+            object_store_memory=256 * 1024**2,
+            log_to_driver=True,
+            runtime_env={"env_vars": RAY_ENV},
+        )
+
+
+def deploy(config: dict[str, Any], *, timeout: float = 600.0) -> None:
+    """Deploy (or update in place) through Serve's config path, and wait until the app runs."""
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_start(http_options=config["http_options"], proxy_location=config["proxy_location"])
+    client.deploy_apps(schema)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(APP_NAME)
+        if status is not None and status.status == "RUNNING":
+            return
+        if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            raise RuntimeError(f"the serving app failed to deploy: {status.message}")
+        time.sleep(0.5)
+    raise TimeoutError(f"the serving app was not running after {timeout:.0f} s")
+
+
+def update_state(settings: Settings, state: dict[str, Any], *, routers: list[str] | None = None) -> None:
+    """Hot-swap: redeploy with only `user_config` changed, so every replica reconfigures in place."""
+    deploy(serve_config(settings, routers=routers, state=state))
+
+
+def shutdown() -> None:
+    import ray
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()

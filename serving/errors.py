@@ -1,0 +1,107 @@
+"""Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`, never a stack trace.
+
+Raise `APIError` (or one of its helpers) anywhere in a route; `install_error_handlers` maps it, FastAPI's
+validation errors (422 becomes 400, as OpenAI answers) and anything unexpected (500, logged, with no
+internals in the body) to that shape.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.protocol import ErrorDetail, ErrorResponse
+
+log = logging.getLogger("ratchet.serving")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+}
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.message, param=self.param, code=self.code, headers=self.headers)
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = ErrorResponse(
+        error=ErrorDetail(message=message, type=_TYPES.get(status, "invalid_request_error"), param=param, code=code)
+    )
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def model_not_found(name: str) -> APIError:
+    return APIError(
+        404,
+        f"The model '{name}' does not exist: use current, base or a registered adapter (GET /v1/models)",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def _validation_message(error: RequestValidationError) -> tuple[str, str | None]:
+    first = error.errors()[0] if error.errors() else {}
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(location) or None
+    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON", None
+    if first.get("type") == "missing":
+        return f"missing required parameter: '{param}'", param
+    return (f"invalid value for '{param}': {message}" if param else message), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_request: Request, error: APIError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(error)
+        return error_response(400, message, param=param, code="invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        message = error.detail if isinstance(error.detail, str) else "request failed"
+        if error.status_code == 404 and message == "Not Found":
+            message = "no such route: see GET /openapi.json for the API"
+        return error_response(error.status_code, message, headers=getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal server error; the server log has the details", code="internal_error")

@@ -1,0 +1,221 @@
+"""Everything one serving replica holds: engine, tokenizer, store, log writer, routing state, admission.
+
+A replica (a Ray Serve actor, or a plain process in tests) builds one `ServingRuntime`, starts it, and
+installs it with `install()`; routes reach it through the `get_runtime` dependency. Routing state is
+data (`{"current": "ft-0003", "previous": …, "canary": {"adapter": …, "fraction": 0.1}}`) applied with
+`apply_state`, which loads and checks every adapter it names BEFORE switching, so a swap is atomic:
+a request resolves its adapter once, at its start, and finishes on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from feedback.registry import AdapterRegistry
+from feedback.store import FeedbackStore
+from feedback.writer import CompletionLogWriter
+from ratchet.settings import Settings
+from serving import metrics
+from serving.engine import Engine
+from serving.errors import APIError, model_not_found
+
+log = logging.getLogger("ratchet.serving")
+
+
+@dataclass(frozen=True)
+class Route:
+    engine_adapter: str | None  # what the engine runs: an adapter name, or None for the base model
+    answered: str  # the `model` the response names: base or ft-…
+    arm: str  # current / canary / direct
+
+
+class ServingRuntime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = FeedbackStore(settings.store_url)
+        self.writer = CompletionLogWriter(
+            self.store, batch_size=settings.log_batch_size, flush_seconds=settings.log_flush_seconds
+        )
+        self.registry = AdapterRegistry(self.store, settings.adapters_dir)
+        self.engine: Engine | None = None
+        self.tokenizer: Any = None
+        self.context_length = 0
+        self.state: dict[str, Any] = {"current": None, "previous": None, "canary": None}
+        self.started_at = time.time()
+        self._adapter_locks: dict[str, asyncio.Lock] = {}
+        self._in_flight = 0
+        self.ready = False
+        # The admin token; the file may carry whitespace (an editor's newline): it is stripped.
+        key_path = settings.admin_key_path
+        self.admin_key = key_path.read_text().strip() if key_path.is_file() else ""
+        if len(self.admin_key) < 16:
+            raise RuntimeError(f"no usable admin key at {key_path}: run `ratchet init --home {settings.home}`")
+
+    # -- life cycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load tokenizer and engine, then the persisted routing state (a restart serves what it served)."""
+        from transformers import AutoTokenizer
+
+        from serving.engines import create_engine
+
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.settings.base_model_path, trust_remote_code=self.settings.trust_remote_code
+        )
+        self.engine = create_engine(self.settings)
+        starter = getattr(self.engine, "start", None)
+        if starter is not None:
+            await starter()
+        self.context_length = self.engine.context_length
+        persisted = {key: (self.store.get_state(key) or {}) for key in ("current", "previous")}
+        state = {key: value.get("adapter") for key, value in persisted.items()}
+        state["canary"] = self.store.get_state("canary")
+        try:
+            await self.apply_state(state)
+        except Exception:  # a bad persisted adapter must not keep the server down: serve the base
+            log.exception("could not restore the serving state %s; serving the base model", state)
+        self.ready = True
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        if self.engine is not None:
+            await self.engine.shutdown()
+        self.writer.close()
+        self.store.close()
+
+    # -- routing -------------------------------------------------------------------------------
+    async def apply_state(self, state: dict[str, Any]) -> None:
+        """Load every adapter `state` names, then switch to it in one assignment."""
+        names = [state.get("current"), state.get("previous"), (state.get("canary") or {}).get("adapter")]
+        for name in names:
+            if name and name != "base":
+                await self.ensure_adapter(name)
+        self.state = {"current": state.get("current"), "previous": state.get("previous"), "canary": state.get("canary")}
+
+    async def route(self, model: str, user: str | None) -> Route:
+        """Map a request's `model` (current, base, ft-…) to what answers it; loads adapters on first use."""
+        if model == "base":
+            return Route(None, "base", "direct")
+        if model == "current":
+            state = self.state  # one read: a concurrent swap cannot split this request
+            canary = state.get("canary")
+            if canary and canary.get("adapter") and _bucket(user) < float(canary.get("fraction", 0.0)):
+                return Route(canary["adapter"], canary["adapter"], "canary")
+            current = state.get("current")
+            if not current or current == "base":
+                return Route(None, "base", "current")
+            return Route(current, current, "current")
+        if not model.startswith("ft-"):
+            raise model_not_found(model)
+        await self.ensure_adapter(model)
+        return Route(model, model, "direct")
+
+    async def ensure_adapter(self, name: str) -> None:
+        """Load a registered adapter into the engine (checked: sha256, safetensors, base model)."""
+        assert self.engine is not None
+        if name in self.engine.adapters():
+            return
+        lock = self._adapter_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            if name in self.engine.adapters():
+                return
+            path = await asyncio.to_thread(self._checked_adapter_path, name)
+            await self.engine.load_adapter(name, str(path))
+
+    async def checked_record(self, name: str) -> Any:
+        """The registry record of `name`, or 404 model_not_found."""
+        from feedback.registry import UnknownAdapter
+
+        try:
+            return await asyncio.to_thread(self.registry.get, name)
+        except UnknownAdapter as error:
+            raise model_not_found(name) from error
+
+    def _checked_adapter_path(self, name: str) -> Path:
+        from feedback.registry import UnknownAdapter
+
+        try:
+            record = self.registry.get(name)
+        except UnknownAdapter as error:
+            raise model_not_found(name) from error
+        if record.status in ("retired",):
+            raise APIError(
+                404, f"adapter {name} is retired: its files were pruned", param="model", code="model_not_found"
+            )
+        if record.base_model != self.settings.base_model_id:
+            raise APIError(
+                409,
+                f"adapter {name} was trained on base {record.base_model} but the server runs "
+                f"{self.settings.base_model_id}: retrain it or serve the matching base",
+                param="model",
+                code="base_model_mismatch",
+            )
+        self.registry.verify(name)
+        return self.registry.resolve_path(name)
+
+    def servable_adapters(self) -> list[Any]:
+        return [
+            a
+            for a in self.registry.list()
+            if a.status not in ("retired", "rejected") and a.base_model == self.settings.base_model_id
+        ]
+
+    # -- admission -----------------------------------------------------------------------------
+    def check_capacity(self) -> None:
+        """Refuse with 429 (and Retry-After) when the replica already runs its maximum of requests."""
+        if self._in_flight >= self.settings.max_concurrent_requests:
+            metrics.ERRORS.labels(type="overloaded").inc()
+            raise APIError(
+                429, "the server is at capacity; retry shortly", code="server_overloaded", headers={"Retry-After": "1"}
+            )
+
+    @asynccontextmanager
+    async def admit(self):
+        """Count a running request (the in-flight gauge and the capacity check read it)."""
+        self._in_flight += 1
+        metrics.IN_FLIGHT.set(self._in_flight)
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            metrics.IN_FLIGHT.set(self._in_flight)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # -- prompts -------------------------------------------------------------------------------
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        encoded = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        return list(encoded["input_ids"])
+
+
+def _bucket(user: str | None) -> float:
+    """A stable number in [0, 1) per user, so a user stays on one arm of a canary."""
+    digest = hashlib.sha256((user or "").encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+_runtime: ServingRuntime | None = None
+
+
+def install(runtime: ServingRuntime | None) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def get_runtime() -> ServingRuntime:
+    """FastAPI dependency: the replica's runtime, or 503 while it is still starting."""
+    if _runtime is None or not _runtime.ready:
+        raise APIError(
+            503, "the model is still loading; retry shortly", code="model_loading", headers={"Retry-After": "2"}
+        )
+    return _runtime
