@@ -131,8 +131,10 @@ def _adapter_dir_for(settings: Settings, model: str) -> str | None:
             if name == "base":
                 return None
         registry = AdapterRegistry(store, settings.adapters_dir)
-        if registry.get(name) is None:
-            raise CliError(f"model {name!r} not found: use current, base or a name from `ratchet adapters`")
+        try:
+            registry.get(name)
+        except LookupError as error:
+            raise CliError(f"model {name!r} not found: use current, base or a name from `ratchet adapters`") from error
         registry.verify(name)
         return str(registry.resolve_path(name))
     finally:
@@ -183,9 +185,13 @@ def data_import(
         store.close()
     for line in report.errors:
         sys.stderr.write(line + "\n")
-    if report.errors and not skip_invalid:
-        raise CliError(f"{file}: {len(report.errors)} invalid line(s), nothing imported")
-    err.print(report.summary())
+    if not report.committed:
+        raise CliError(f"{file}: {len(report.errors)} problem(s), nothing imported")
+    kinds = ", ".join(f"{count} {kind}" for kind, count in report.imported.items() if count) or "no new rows"
+    err.print(
+        f"imported {kinds} from {file} ({report.duplicates} duplicate(s) dropped, "
+        f"{report.skipped} invalid line(s) skipped)"
+    )
 
 
 def _token_counter(settings: Settings):
@@ -365,11 +371,11 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id (key-…) or 
     store = open_store(settings)
     try:
         revoked = store.revoke_api_key(key_id)
+    except LookupError as error:
+        raise CliError(str(error).strip('\x27"')) from error
     finally:
         store.close()
-    if not revoked:
-        raise CliError(f"no active key {key_id!r}: see `ratchet keys list`")
-    err.print(f"revoked {key_id}")
+    err.print(f"revoked {revoked.id}")
 
 
 # -- commands that later work fills in -----------------------------------------------------------
@@ -381,8 +387,15 @@ def _not_yet(command: str, issue: str) -> None:
 
 @app.command()
 def serve(home: Home = None, host: Host = None, port: Port = None) -> None:
-    """Serve the OpenAI-compatible API on Ray Serve."""
-    _not_yet("serve", "the serving issue")
+    """Serve the OpenAI-compatible API on Ray Serve until Ctrl-C (then drain and shut Ray down)."""
+    from deploy.server import serve_forever
+
+    settings = settings_for(home)
+    if host is not None:
+        settings = settings.model_copy(update={"host": host})
+    if port is not None:
+        settings = settings.model_copy(update={"port": port})
+    serve_forever(settings, progress=err)
 
 
 @app.command()

@@ -200,7 +200,7 @@ async def _stream(call: Call, runtime: ServingRuntime) -> AsyncIterator[str]:
         body = ChatCompletionChunk(
             id=call.id, created=call.created, model=call.route.answered, choices=choices, usage=usage
         )
-        return f"data: {body.model_dump_json(exclude_none=usage is None)}\n\n"
+        return f"data: {body.model_dump_json(exclude={'usage'} if usage is None else None)}\n\n"
 
     tasks: list[asyncio.Task] = []
     try:

@@ -52,12 +52,12 @@ class RatchetServer:
         self.runtime = runtime_module.ServingRuntime(self.settings)
         await self.runtime.start()
         runtime_module.install(self.runtime)
-        self.app = create_app(
+        self.http_app = create_app(
             [_import_object(path) for path in routers or []], max_request_bytes=self.settings.max_request_bytes
         )
 
     def __serve_build_asgi_app__(self):
-        return self.app
+        return self.http_app
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve's in-place update: apply the routing state (loads and checks adapters first)."""

@@ -8,8 +8,11 @@ are migrated to the newest revision. Set RATCHET_TEST_POSTGRES to another server
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -75,3 +78,95 @@ def db_url(request, tmp_path) -> Iterator[str]:
         yield url
     else:
         yield from _postgres_database(template=request.getfixturevalue("migrated_postgres_template"))
+
+
+# -- models and a served app -----------------------------------------------------------------------
+
+DEMO_TEST_STEPS = int(os.environ.get("RATCHET_TEST_DEMO_STEPS", "400"))
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(tmp_path_factory) -> Path:
+    """The demo model, built once per session (fewer steps than `ratchet init`, still answers right)."""
+    from retrain.demo.build import build_demo_model
+
+    return build_demo_model(
+        tmp_path_factory.mktemp("models") / "demo-tiny-v1", seed=0, steps=DEMO_TEST_STEPS, progress=False
+    )
+
+
+def make_lora_adapter(base_dir: Path, out_dir: Path, *, seed: int = 1, rank: int = 8) -> Path:
+    """A LoRA adapter with random (non-zero) weights: it answers differently from the base model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", init_lora_weights=False)
+    )
+    peft_model.save_pretrained(out_dir)
+    return out_dir
+
+
+def register_test_adapter(settings, *, seed: int = 1) -> str:
+    from feedback.registry import AdapterRegistry
+    from feedback.store import FeedbackStore
+
+    with FeedbackStore(settings.store_url) as store:
+        registry = AdapterRegistry(store, settings.adapters_dir)
+        _, name = registry.next_name("test")
+        make_lora_adapter(Path(settings.base_model_path), settings.adapters_dir / name, seed=seed)
+        registry.register(
+            name, method="sft", base_model=settings.base_model_id, parent=None, path=settings.adapters_dir / name
+        )
+    return name
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Served:
+    url: str
+    settings: object
+    adapter: str  # a registered random-weight adapter
+    prompt: str  # a corpus prompt the demo model answers well
+    admin_key: str
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, demo_model_dir) -> Iterator[Served]:
+    """The full app on a real local Ray Serve (2 CPUs, one replica), shared by the whole session."""
+    from deploy.server import start, stop
+    from deploy.workspace import init_workspace, read_admin_key
+    from ratchet.settings import Settings
+    from retrain.demo import corpus
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    settings = Settings(
+        home=tmp_path_factory.mktemp("served"),
+        base_model=str(demo_model_dir),
+        port=free_port(),
+        num_cpus=2,
+        replica_cpus=1,
+        torch_threads=2,
+    )
+    init_workspace(settings, progress=False)
+    adapter = register_test_adapter(settings)
+    url = start(settings)
+    try:
+        yield Served(
+            url=url,
+            settings=settings,
+            adapter=adapter,
+            prompt=corpus.prompts(corpus.TOPICS[0])[0],
+            admin_key=read_admin_key(settings),
+        )
+    finally:
+        stop(settings)

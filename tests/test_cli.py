@@ -1,0 +1,170 @@
+"""The CLI contract (DESIGN.md), through the installed `ratchet` console script, as scripts use it.
+
+The workspace points RATCHET_BASE_MODEL at a shared, already built demo model, so `init` does the store
+and the files without spending two minutes on a build; the build itself is tested in tests/retrain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RATCHET = [sys.executable, "-c", "from ratchet.cli import main; main()"]
+CONTRACT_COMMANDS = [
+    "init",
+    "serve",
+    "up",
+    "demo",
+    "chat",
+    "data",
+    "train",
+    "eval",
+    "promote",
+    "rollback",
+    "adapters",
+    "status",
+    "loop",
+    "simulate",
+    "keys",
+]
+
+
+def run(*args: str, env: dict | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*RATCHET, *args], capture_output=True, text=True, env=env, input=input, timeout=300)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, demo_model_dir: Path) -> tuple[Path, dict]:
+    env = {**os.environ, "RATCHET_BASE_MODEL": str(demo_model_dir)}
+    env.pop("RATCHET_HOME", None)
+    env.pop("RATCHET_DATABASE_URL", None)
+    home = tmp_path / "ws"
+    result = run("init", "--home", str(home), env=env)
+    assert result.returncode == 0, result.stderr
+    return home, env
+
+
+def test_help_lists_every_contract_command():
+    result = run("--help")
+    assert result.returncode == 0
+    for command in CONTRACT_COMMANDS:
+        assert f"  {command} " in result.stdout, command
+
+
+def test_init_creates_the_workspace_idempotently(workspace):
+    home, env = workspace
+    for name in ("ratchet.db", "models", "adapters", "runs", "reports", "admin.key"):
+        assert (home / name).exists(), name
+    key = (home / "admin.key").read_text()
+    assert stat.S_IMODE((home / "admin.key").stat().st_mode) == 0o600
+    assert key == key.strip() and len(key) >= 32
+    again = run("init", "--home", str(home), env=env)
+    assert again.returncode == 0, again.stderr
+    assert (home / "admin.key").read_text() == key  # not regenerated
+    assert "already initialised" in again.stderr
+
+
+def test_json_outputs_are_one_object_with_the_contract_shape(workspace):
+    home, env = workspace
+    stats = run("data", "stats", "--json", "--home", str(home), env=env)
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout) == {
+        "completions": 0,
+        "ratings": {"total": 0, "up": 0, "down": 0, "scores": 0},
+        "comparisons": 0,
+        "examples": {"sft": 0, "dpo": 0},
+        "users": 0,
+    }
+    assert stats.stdout.count("\n") == 1
+    adapters = run("adapters", "--json", "--home", str(home), env=env)
+    assert json.loads(adapters.stdout) == {"adapters": []}
+    status = json.loads(run("status", "--json", "--home", str(home), env=env).stdout)
+    assert {"current", "previous", "canary", "engine", "base_model", "loop", "counts"} <= set(status)
+    assert status["current"] is None and status["engine"] == "hf"
+
+
+def test_import_reports_every_bad_line_and_writes_nothing(workspace, tmp_path):
+    home, env = workspace
+    bad = tmp_path / "bad.jsonl"
+    good_row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    bad.write_text(
+        "\n".join(
+            [
+                json.dumps(good_row),
+                "{not json",
+                json.dumps({"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}),
+                json.dumps({"messages": [{"role": "user", "content": "no answer"}]}),
+            ]
+        )
+        + "\n"
+    )
+    result = run("data", "import", str(bad), "--home", str(home), env=env)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(":")[1] for line in lines[:3]] == ["2", "3", "4"]
+    assert all(line.startswith(f"{bad}:") for line in lines[:3])
+    assert "nothing imported" in lines[-1]
+    stats = json.loads(run("data", "stats", "--json", "--home", str(home), env=env).stdout)
+    assert stats["examples"]["sft"] == 0
+
+    skipped = run("data", "import", str(bad), "--skip-invalid", "--home", str(home), env=env)
+    assert skipped.returncode == 0, skipped.stderr
+    assert json.loads(run("data", "stats", "--json", "--home", str(home), env=env).stdout)["examples"]["sft"] == 1
+
+
+def test_import_then_export_round_trips(workspace, tmp_path):
+    home, env = workspace
+    rows = [
+        {"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]}
+        for i in range(3)
+    ]
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps(row) + "\n" for row in rows + rows[:1]))  # one duplicate
+    assert run("data", "import", str(good), "--home", str(home), env=env).returncode == 0
+    out = tmp_path / "out.jsonl"
+    exported = run("data", "export", "--format", "sft", "--output", str(out), "--home", str(home), env=env)
+    assert exported.returncode == 0, exported.stderr
+    assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+    to_stdout = run("data", "export", "--format", "sft", "--home", str(home), env=env)
+    assert to_stdout.stdout == out.read_text()
+
+
+def test_keys_add_list_revoke(workspace):
+    home, env = workspace
+    added = run("keys", "add", "--name", "ci", "--home", str(home), env=env)
+    assert added.returncode == 0, added.stderr
+    key = added.stdout.strip()
+    assert key.startswith("rk-")
+    listed = json.loads(run("keys", "list", "--json", "--home", str(home), env=env).stdout)["keys"]
+    assert len(listed) == 1 and listed[0]["revoked"] is None and key not in json.dumps(listed)
+    assert run("keys", "revoke", listed[0]["id"], "--home", str(home), env=env).returncode == 0
+    listed = json.loads(run("keys", "list", "--json", "--home", str(home), env=env).stdout)["keys"]
+    assert listed[0]["revoked"] is not None
+
+
+def test_errors_are_one_line_on_stderr_with_nonzero_exit(tmp_path, demo_model_dir):
+    env = {**os.environ, "RATCHET_BASE_MODEL": str(demo_model_dir)}
+    missing = run("data", "stats", "--json", "--home", str(tmp_path / "nowhere"), env=env)
+    assert missing.returncode != 0 and missing.stdout == ""
+    assert missing.stderr.count("\n") == 1 and "ratchet init" in missing.stderr
+    unknown = run("data", "export", "--format", "csv", "--home", str(tmp_path), env=env)
+    assert unknown.returncode != 0 and unknown.stderr.count("\n") == 1
+    bad_option = run("status", "--bogus")
+    assert bad_option.returncode != 0 and bad_option.stderr.count("\n") == 1
+
+
+def test_chat_answers_in_process_with_the_demo_model(workspace):
+    from retrain.demo import corpus
+
+    home, env = workspace
+    topic = corpus.TOPICS[0]
+    prompt = corpus.prompts(topic)[0]
+    result = run("chat", prompt, "--home", str(home), env=env)
+    assert result.returncode == 0, result.stderr
+    assert corpus.is_well_formed(prompt, result.stdout.strip()), result.stdout
