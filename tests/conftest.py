@@ -7,7 +7,9 @@ are migrated to the newest revision. Set RATCHET_TEST_POSTGRES to another server
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -82,32 +84,63 @@ def db_url(request, tmp_path) -> Iterator[str]:
 
 # -- models and a served app -----------------------------------------------------------------------
 
-DEMO_TEST_STEPS = int(os.environ.get("RATCHET_TEST_DEMO_STEPS", "400"))
+DEMO_TEST_STEPS = int(os.environ.get("RATCHET_TEST_DEMO_STEPS", "300"))
 
 
 @pytest.fixture(scope="session")
-def demo_model_dir(tmp_path_factory) -> Path:
-    """The demo model, built once per session (fewer steps than `ratchet init`, still answers right)."""
-    from retrain.demo.build import build_demo_model
+def demo_model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model, built once (fewer steps than `ratchet init`; greedy answers are still canonical).
 
-    return build_demo_model(
-        tmp_path_factory.mktemp("models") / "demo-tiny-v1", seed=0, steps=DEMO_TEST_STEPS, progress=False
-    )
+    Kept in pytest's cache between runs, keyed by the builder's source and the steps, since the build
+    takes a minute or more; RATCHET_TEST_MODEL_DIR points at an existing model instead.
+    """
+    if os.environ.get("RATCHET_TEST_MODEL_DIR"):
+        return Path(os.environ["RATCHET_TEST_MODEL_DIR"])
+    import retrain.demo
+    from retrain.demo.build import build_demo_model, read_build_info
+
+    sources = sorted(Path(retrain.demo.__file__).parent.glob("*.py"))
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + f"steps={DEMO_TEST_STEPS}".encode()).hexdigest()
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    root = cache.mkdir("ratchet-demo-model") if cache is not None else tmp_path_factory.mktemp("models")
+    model_dir = root / f"demo-{key[:16]}"
+    if read_build_info(model_dir) is None:
+        for stale in root.glob("demo-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        build_demo_model(model_dir, seed=0, steps=DEMO_TEST_STEPS, progress=False)
+    return model_dir
 
 
-def make_lora_adapter(base_dir: Path, out_dir: Path, *, seed: int = 1, rank: int = 8) -> Path:
-    """A LoRA adapter with random (non-zero) weights: it answers differently from the base model."""
+def make_lora_adapter(base_dir: Path, out_dir: Path, *, seed: int = 1, r: int = 8, **lora_kwargs) -> Path:
+    """A LoRA adapter with random (non-zero) A and B: it answers differently from the base model."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", init_lora_weights=False)
-    )
-    peft_model.save_pretrained(out_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    lora_kwargs = {"target_modules": "all-linear", **lora_kwargs}
+    config = LoraConfig(r=r, lora_alpha=2 * r, init_lora_weights=False, **lora_kwargs)
+    get_peft_model(base, config).save_pretrained(out_dir)
     return out_dir
+
+
+@pytest.fixture(scope="session")
+def make_adapter(demo_model_dir: Path):
+    """`make_adapter(out_dir, seed=..., r=8, base_dir=demo, **LoraConfig kwargs)`: a LoRA adapter with random
+    (non-zero) A and B, so its outputs differ from the base model's."""
+
+    def make(out_dir: Path, *, seed: int, base_dir: Path = demo_model_dir, **kwargs) -> Path:
+        return make_lora_adapter(base_dir, out_dir, seed=seed, **kwargs)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def lora_adapters(make_adapter, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three adapters of the demo model, by name: ada, bob, cat."""
+    root = tmp_path_factory.mktemp("adapters")
+    return {name: make_adapter(root / name, seed=i + 1) for i, name in enumerate(["ada", "bob", "cat"])}
 
 
 def register_test_adapter(settings, *, seed: int = 1) -> str:

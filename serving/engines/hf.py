@@ -1,0 +1,464 @@
+"""HFEngine: transformers + PEFT with continuous batching, the reference engine.
+
+Contract (see `serving.engine`):
+- One thread, the decode loop, owns the model. Everything that touches it (prefill, decode, loading and
+  deleting adapters) runs there, because PEFT is not thread-safe. Callers talk to it through a command
+  queue; outputs come back to each caller's event loop with `call_soon_threadsafe`.
+- Continuous batching: every iteration 1) admits waiting requests (one batched prefill, which gives their
+  first token), 2) runs one decode step for all running sequences together over a shared, left-padded KV
+  cache, 3) emits each request's delta, 4) retires finished rows. A request that arrives while a long batch
+  is decoding joins at the next step.
+- Mixed adapters in one batch: each row names its adapter (`adapter_names=[...]`, "__base__" for none).
+- Greedy output equals plain `model.generate(do_sample=False)` for the same prompt and adapter, alone or
+  in any batch (tests/serving/test_hf_engine.py checks it). A seeded request samples the same text
+  whatever else runs: each row has its own `torch.Generator`.
+- Adapters: safetensors only, LoRA only, rank <= max_lora_rank, every target module and weight shape must
+  fit the base model; at most `max_adapters` are loaded, the least recently used idle one is evicted first.
+  A request for an adapter that is not loaded raises `AdapterNotLoadedError` (a KeyError) at once.
+- `abort(id)`, or closing / cancelling the `generate` iterator, takes the sequence out at the next step.
+- `torch_threads` is set in the decode thread; with OpenMP that is per thread, so the rest of the process
+  keeps its own. On a busy 2-core machine 1 thread is far steadier than 2 for a tiny model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import re
+import threading
+import warnings
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from ratchet.settings import Settings
+from serving.engine import AdapterLoadError, GenerationOutput, GenerationRequest
+from serving.engines.hf_batch import KVBatch, Sequence, deliver, left_pad, sample
+
+logger = logging.getLogger(__name__)
+DTYPES = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_PREFILL_TOKENS = 8192  # padded prompt tokens per batched prefill, so a burst of long prompts is split
+
+
+class AdapterNotLoadedError(KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class HFEngine:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "float32",
+        max_batch_size: int = 32,
+        max_adapters: int = 8,
+        max_lora_rank: int = 64,
+        max_model_len: int = 0,
+        torch_threads: int = 0,
+        trust_remote_code: bool = False,
+    ) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.model_path, self.max_batch_size = str(model_path), max_batch_size
+        self.max_adapters, self.max_lora_rank, self._threads = max_adapters, max_lora_rank, torch_threads
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=trust_remote_code)
+        self._load_base = lambda: AutoModelForCausalLM.from_pretrained(
+            self.model_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        ).eval()
+        self._base = self._load_base()
+        self._peft: Any = None  # the PeftModel around _base once an adapter is loaded
+        own_length = getattr(self._base.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
+        self.context_length = min(max_model_len, own_length) if max_model_len else own_length
+        self.eos_ids = _eos_ids(self.tokenizer, self._base.generation_config)
+        # Every module, with (in, out) features for Linear ones, taken before PEFT wraps them: adapters are
+        # checked against it.
+        self._module_shapes = {
+            name: (m.in_features, m.out_features) if isinstance(m, torch.nn.Linear) else None
+            for name, m in self._base.named_modules()
+        }
+        # State below belongs to the decode loop thread; `_listed` is its read-only snapshot for other threads.
+        self._adapters: OrderedDict[str, str] = OrderedDict()  # name -> path, least recently used first
+        self._in_use: Counter[str] = Counter()  # adapter -> sequences waiting or running with it
+        self._unloading: dict[str, list[Future]] = {}
+        self._listed: tuple[str, ...] = ()
+        self._live: dict[str, Sequence] = {}  # request id -> every request not finished yet
+        self._waiting: list[Sequence] = []
+        self._batch: KVBatch | None = None
+        self._outbox: list[tuple[Sequence, GenerationOutput | BaseException]] = []  # sent once per iteration
+        self._commands: queue.Queue[tuple] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="hf-engine-decode", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HFEngine:
+        return cls(
+            settings.base_model_path,
+            dtype="float32" if settings.dtype == "auto" else settings.dtype,
+            max_batch_size=settings.max_batch_size,
+            max_adapters=settings.max_adapters,
+            max_lora_rank=settings.max_lora_rank,
+            max_model_len=settings.max_model_len,
+            torch_threads=settings.torch_threads,
+            trust_remote_code=settings.trust_remote_code,
+        )
+
+    # ---- the Engine interface (any thread / event loop) ----------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
+        if not self._thread.is_alive():
+            raise RuntimeError("the engine is shut down")
+        if request.adapter is not None and request.adapter not in self._listed:
+            raise AdapterNotLoadedError(f"adapter {request.adapter!r} is not loaded; load it first")
+        outputs: asyncio.Queue = asyncio.Queue()
+        seq = Sequence.start(request, self.tokenizer, self.context_length, asyncio.get_running_loop(), outputs)
+        self._commands.put(("add", seq))
+        finished = False
+        try:
+            while not finished:
+                item = await outputs.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finish_reason is not None
+                yield item
+        finally:
+            if not finished:  # the consumer stopped early (closed, cancelled, disconnected): free the slot
+                self._commands.put(("abort", request.request_id))
+
+    async def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        self._check_adapter_files(name, Path(path))
+        await self._call("load", name, str(path))
+
+    async def unload_adapter(self, name: str) -> None:
+        """Returns once the adapter is deleted; requests already running with it finish first."""
+        await self._call("unload", name)
+
+    def adapters(self) -> list[str]:
+        return list(self._listed)
+
+    @property
+    def num_requests(self) -> int:
+        """Requests waiting or running: a snapshot, for metrics and tests."""
+        return len(self._live)
+
+    async def shutdown(self) -> None:
+        self._commands.put(("stop",))
+        await asyncio.to_thread(self._thread.join)
+
+    async def _call(self, *command: Any) -> Any:
+        future: Future = Future()
+        self._commands.put((*command, future))
+        return await asyncio.wrap_future(future)
+
+    # ---- the decode loop (its own thread: the only code that touches the model) -----------------------
+
+    def _loop(self) -> None:
+        if self._threads > 0:  # with OpenMP this is per thread: it sets the engine's threads, not the process's
+            torch.set_num_threads(self._threads)
+        with torch.inference_mode():
+            while self._handle_commands(block=not self._waiting and self._batch is None):
+                try:
+                    self._step()
+                except Exception as error:  # a failed step fails its requests, not the engine
+                    logger.exception("hf engine step failed")
+                    for seq in list(self._live.values()):
+                        self._end(seq, "abort")
+                        self._outbox.append((seq, error))
+                    self._waiting, self._batch = [], None
+                self._finish_unloads()
+                self._flush_outbox()
+        self._close()
+
+    def _close(self) -> None:
+        """After "stop": end every stream and answer every caller still waiting."""
+        gone = RuntimeError("the engine shut down")
+        for seq in list(self._live.values()):
+            self._finish(seq, "abort")
+        for future in [f for futures in self._unloading.values() for f in futures]:
+            future.set_exception(gone)
+        while not self._commands.empty():
+            kind, *args = self._commands.get()
+            if kind == "add":
+                self._refuse(args[0], gone)
+            elif kind in ("load", "unload") and args[-1].set_running_or_notify_cancel():
+                args[-1].set_exception(gone)
+        self._flush_outbox()
+
+    def _step(self) -> None:
+        # 1) admit waiting requests: one batched prefill gives each its first token
+        admitted = self._admit()
+        if admitted:
+            new, logits = self._prefill(admitted)
+            self._advance(new.seqs, sample(logits, new.seqs))
+            self._flush_outbox()  # first tokens go out now, not after the decode step
+            new.keep([i for i, s in enumerate(new.seqs) if s.finish_reason is None])
+            if len(new) and self._batch is None:
+                self._batch = new
+            elif len(new):
+                self._batch.extend(new)
+        # 2) one decode step for every running sequence; 3) emit deltas (in _advance)
+        if self._batch is not None and len(self._batch):
+            logits = self._forward(*self._batch.decode_inputs(), self._batch.cache, self._batch.seqs)
+            self._advance(self._batch.seqs, sample(logits, self._batch.seqs))
+        # 4) retire finished (and aborted) rows
+        if self._batch is not None:
+            self._batch.keep([i for i, s in enumerate(self._batch.seqs) if s.finish_reason is None])
+            if not len(self._batch):
+                self._batch = None
+
+    def _admit(self) -> list[Sequence]:
+        room = self.max_batch_size - (len(self._batch) if self._batch else 0)
+        admitted: list[Sequence] = []
+        for seq in self._waiting[:room]:
+            longest = max(len(s.request.prompt_ids) for s in [*admitted, seq])
+            if admitted and longest * (len(admitted) + 1) > MAX_PREFILL_TOKENS:
+                break
+            admitted.append(seq)
+            if seq.request.adapter:
+                self._adapters.move_to_end(seq.request.adapter)
+        self._waiting = self._waiting[len(admitted) :]
+        return admitted
+
+    def _prefill(self, seqs: list[Sequence]) -> tuple[KVBatch, torch.Tensor]:
+        input_ids, mask, positions = left_pad([s.request.prompt_ids for s in seqs], pad_id=0)
+        batch = KVBatch(seqs, DynamicCache(), mask)
+        return batch, self._forward(input_ids, mask, positions, batch.cache, seqs)
+
+    def _forward(self, input_ids, mask, positions, cache: DynamicCache, seqs: list[Sequence]) -> torch.Tensor:
+        """One forward pass; returns the float32 logits of each row's last position."""
+        model, extra = self._base, {}
+        if self._peft is not None:
+            model, extra = self._peft, {"adapter_names": [s.adapter_name for s in seqs]}
+        out = model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **extra,
+        )
+        return out.logits[:, -1, :].float()
+
+    def _advance(self, seqs: list[Sequence], tokens: list[int]) -> None:
+        """Append each row's new token, check stop conditions, and hand the delta to the consumer."""
+        for seq, token in zip(seqs, tokens, strict=True):
+            if seq.finish_reason is not None:  # aborted while the step ran
+                continue
+            seq.output_ids.append(token)
+            params = seq.request.params
+            is_eos = token in self.eos_ids and not params.ignore_eos
+            text, stopped = seq.stops.push("" if is_eos else seq.detokenizer.push(token))
+            reason = "stop" if stopped or is_eos else "length" if len(seq.output_ids) >= seq.max_tokens else None
+            if reason and not stopped:  # the end: flush what the detokenizer and the stop matcher held back
+                tail, stopped = seq.stops.push(seq.detokenizer.flush())
+                text += tail + ("" if stopped else seq.stops.flush())
+                reason = "stop" if stopped else reason
+            self._emit(seq, [token], text, reason)
+
+    def _emit(self, seq: Sequence, token_ids: list[int], text: str, reason: str | None) -> None:
+        if reason is not None:
+            self._end(seq, reason)
+        out = GenerationOutput(
+            token_ids=token_ids,
+            text=text,
+            finish_reason=reason,
+            prompt_tokens=len(seq.request.prompt_ids),
+            completion_tokens=len(seq.output_ids),
+        )
+        self._outbox.append((seq, out))
+
+    def _flush_outbox(self) -> None:
+        for seq in deliver(self._outbox):
+            if seq.finish_reason is None:  # nobody is listening any more: end it here
+                self._end(seq, "abort")
+        self._outbox = []
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        if seq.finish_reason is None:
+            self._emit(seq, [], "", reason)
+
+    def _end(self, seq: Sequence, reason: str) -> None:
+        """Bookkeeping of a finished request; its row leaves the batch at the end of the step."""
+        seq.finish_reason = reason
+        del self._live[seq.request.request_id]
+        if seq.request.adapter:
+            self._in_use[seq.request.adapter] -= 1
+        if seq in self._waiting:
+            self._waiting.remove(seq)
+
+    # ---- commands --------------------------------------------------------------------------------------
+
+    def _handle_commands(self, block: bool) -> bool:
+        """Run queued commands (waiting for one when idle); False once asked to stop."""
+        while True:
+            try:
+                command = self._commands.get(block=block)
+            except queue.Empty:
+                return True
+            block = False
+            kind, *args = command
+            if kind == "stop":
+                return False
+            if kind == "add":
+                self._add(*args)
+            elif kind == "abort":
+                self._abort(*args)
+            else:  # load / unload: the last argument is the caller's future
+                *args, future = args
+                if not future.set_running_or_notify_cancel():
+                    continue  # the caller gave up waiting before we got to it
+                try:
+                    if kind == "load":
+                        future.set_result(self._load(*args))
+                    else:
+                        self._unload(*args, future)  # resolved by _finish_unloads once idle
+                except Exception as error:
+                    future.set_exception(error)
+
+    def _add(self, seq: Sequence) -> None:
+        adapter, request_id = seq.request.adapter, seq.request.request_id
+        if request_id in self._live:
+            return self._refuse(seq, ValueError(f"request id {request_id!r} is already running"))
+        if adapter is not None and (adapter not in self._adapters or adapter in self._unloading):
+            return self._refuse(seq, AdapterNotLoadedError(f"adapter {adapter!r} is not loaded; load it first"))
+        if adapter is not None:
+            self._in_use[adapter] += 1
+        self._live[request_id] = seq
+        self._waiting.append(seq)
+
+    def _refuse(self, seq: Sequence, error: Exception) -> None:
+        seq.finish_reason = "abort"  # it never started: nothing to free
+        self._outbox.append((seq, error))
+
+    def _abort(self, request_id: str) -> None:
+        if request_id in self._live:
+            self._finish(self._live[request_id], "abort")
+
+    # ---- adapters (decode loop thread) ------------------------------------------------------------------
+
+    def _load(self, name: str, path: str) -> None:
+        if name in self._unloading:
+            raise AdapterLoadError(f"adapter {name!r} is being unloaded; wait for that, or use a new name")
+        if name in self._adapters:
+            if self._adapters[name] == path:
+                return self._adapters.move_to_end(name)
+            if self._in_use[name]:
+                raise AdapterLoadError(f"adapter {name!r} is in use by running requests; load it under a new name")
+            self._delete(name)
+        while len(self._adapters) >= self.max_adapters:
+            idle = next((n for n in self._adapters if not self._in_use[n]), None)
+            if idle is None:
+                raise AdapterLoadError(f"all {self.max_adapters} adapter slots are in use; raise max_adapters")
+            logger.info("evicting adapter %s (least recently used)", idle)
+            self._delete(idle)
+        from peft import PeftModel
+
+        try:
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self._base, path, adapter_name=name).eval()
+            else:
+                self._peft.load_adapter(path, adapter_name=name)
+        except Exception as error:
+            self._recover_from_failed_load(name)
+            raise AdapterLoadError(f"could not load adapter {name!r} from {path}: {error}") from error
+        self._adapters[name] = path
+        self._publish()
+
+    def _recover_from_failed_load(self, name: str) -> None:
+        if self._peft is None:  # PEFT may have half-wrapped the base model: start again from the files
+            self._base = self._load_base()
+        elif name in self._peft.peft_config:
+            self._peft.delete_adapter(name)
+
+    def _unload(self, name: str, future: Future) -> None:
+        if name not in self._adapters:
+            raise AdapterNotLoadedError(f"adapter {name!r} is not loaded")
+        self._unloading.setdefault(name, []).append(future)
+        self._publish()
+
+    def _finish_unloads(self) -> None:
+        for name in [n for n in self._unloading if not self._in_use[n]]:
+            self._delete(name)
+            for future in self._unloading.pop(name):
+                future.set_result(None)
+
+    def _delete(self, name: str) -> None:
+        if len(self._adapters) == 1:  # PEFT cannot run without an adapter: unwrap back to the plain model
+            self._base, self._peft = self._peft.unload(), None
+        else:
+            with warnings.catch_warnings():  # "active adapter deleted": we never use the active adapter
+                warnings.simplefilter("ignore")
+                self._peft.delete_adapter(name)
+        del self._adapters[name]
+        self._in_use.pop(name, None)
+        self._publish()
+
+    def _publish(self) -> None:
+        """Refresh the snapshot other threads read: loaded adapters, less those being unloaded."""
+        self._listed = tuple(n for n in self._adapters if n not in self._unloading)
+
+    def _check_adapter_files(self, name: str, path: Path) -> None:
+        """Refuse what we cannot or must not load, with a message that says what to do."""
+        if not name or "." in name or name == "__base__":
+            raise AdapterLoadError(f"adapter name {name!r} is not allowed (no dots, not empty, not __base__)")
+        config_file, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
+        if not config_file.is_file():
+            raise AdapterLoadError(f"adapter {name!r}: no adapter_config.json in {path}")
+        if not weights.is_file():
+            hint = " (.bin pickles are refused: re-save with safetensors)" if any(path.glob("*.bin")) else ""
+            raise AdapterLoadError(f"adapter {name!r}: no adapter_model.safetensors in {path}{hint}")
+        config = json.loads(config_file.read_text())
+        if config.get("peft_type") != "LORA":
+            raise AdapterLoadError(f"adapter {name!r} is {config.get('peft_type')}; only LoRA adapters are served")
+        rank = max([config.get("r", 0), *(config.get("rank_pattern") or {}).values()])
+        if rank > self.max_lora_rank:
+            raise AdapterLoadError(
+                f"adapter {name!r} has LoRA rank {rank}, over max_lora_rank={self.max_lora_rank}: "
+                "retrain with a smaller r or raise RATCHET_MAX_LORA_RANK"
+            )
+        problem = self._misfit(config.get("target_modules") or [], weights)
+        if problem:
+            raise AdapterLoadError(
+                f"adapter {name!r} (trained on {config.get('base_model_name_or_path')}) does not fit "
+                f"{self.model_path}: {problem}; retrain it on this base model"
+            )
+
+    def _misfit(self, targets: str | list[str], weights: Path) -> str | None:
+        """A target module missing here, or a LoRA weight whose shape does not match its module's."""
+        names = list(self._module_shapes)
+        if isinstance(targets, str) and targets != "all-linear" and not any(re.fullmatch(targets, n) for n in names):
+            return f"no module matches target_modules {targets!r}"
+        for target in targets if isinstance(targets, list) else []:
+            if not any(n == target or n.endswith("." + target) for n in names):
+                return f"the base model has no module named {target!r}"
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as tensors:
+            for key in tensors.keys():  # noqa: SIM118 (safe_open is not a dict)
+                found = re.fullmatch(r"base_model\.model\.(.+)\.lora_([AB])\.weight", key)
+                if found and found[1] not in self._module_shapes:
+                    return f"the base model has no module {found[1]!r}"
+                if found and self._module_shapes[found[1]]:  # shapes are checked for Linear modules
+                    (d_in, d_out), shape = self._module_shapes[found[1]], tensors.get_slice(key).get_shape()
+                    if shape[1 if found[2] == "A" else 0] != (d_in if found[2] == "A" else d_out):
+                        return f"{found[1]} is {d_in}->{d_out} here, but lora_{found[2]} is {shape}"
+        return None
+
+
+def _eos_ids(tokenizer: Any, generation_config: Any) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids |= set(configured) if isinstance(configured, list) else {configured} if configured is not None else set()
+    return ids

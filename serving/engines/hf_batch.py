@@ -1,0 +1,172 @@
+"""The bookkeeping behind HFEngine's continuous batching: per-request state, the batched KV cache, sampling.
+
+- `Sequence`: one request in flight (its output tokens, detokenizer, stop matcher, random generator, and
+  the caller's event loop and queue its outputs go to).
+- `KVBatch`: the running sequences and their KV cache, left-padded to one length. Rows join (`extend`,
+  after their prefill) and leave (`keep`) between decode steps; columns that are padding in every row are
+  dropped so the cache does not grow with sequences that have left.
+- `left_pad` builds the inputs of a batched prefill; `sample` picks each row's next token; `deliver` hands
+  outputs back to the callers' event loops.
+
+Row independence is what makes a request's output the same whatever else is running: padding is masked
+out of attention, positions count real tokens only (not padding), and every sampled row has its own
+`torch.Generator`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from serving.detokenize import IncrementalDetokenizer, StopStringMatcher
+from serving.engine import FinishReason, GenerationOutput, GenerationRequest
+
+
+@dataclass(eq=False)
+class Sequence:
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop  # the consumer's event loop, and its queue of outputs
+    outputs: asyncio.Queue
+    max_tokens: int  # max_tokens, capped by the context length
+    detokenizer: IncrementalDetokenizer
+    stops: StopStringMatcher
+    generator: torch.Generator | None  # None for greedy requests
+    output_ids: list[int] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+
+    @classmethod
+    def start(cls, request: GenerationRequest, tokenizer: Any, context_length: int, loop, outputs) -> Sequence:
+        """Check the request and set up its state; outputs go to `outputs`, an asyncio.Queue of `loop`."""
+        params, n_prompt = request.params, len(request.prompt_ids)
+        if n_prompt == 0 or n_prompt >= context_length:
+            raise ValueError(f"the prompt has {n_prompt} tokens; this model takes 1 to {context_length - 1}")
+        if params.max_tokens < 1 or params.temperature < 0 or not 0 < params.top_p <= 1:
+            raise ValueError("max_tokens must be >= 1, temperature >= 0 and top_p in (0, 1]")
+        generator = None
+        if params.temperature > 0:
+            seed = params.seed % 2**63 if params.seed is not None else secrets.randbits(63)
+            generator = torch.Generator().manual_seed(seed)
+        return cls(
+            request=request,
+            loop=loop,
+            outputs=outputs,
+            max_tokens=min(params.max_tokens, context_length - n_prompt),
+            detokenizer=IncrementalDetokenizer(tokenizer, request.prompt_ids),
+            stops=StopStringMatcher(params.stop),
+            generator=generator,
+        )
+
+    @property
+    def adapter_name(self) -> str:
+        return self.request.adapter or "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+class KVBatch:
+    """Running sequences, their DynamicCache ([rows, heads, length, head_dim] per layer) and attention mask
+    ([rows, length]; 0 = left padding). Row i of every tensor belongs to `seqs[i]`."""
+
+    def __init__(self, seqs: list[Sequence], cache: DynamicCache, mask: torch.Tensor) -> None:
+        self.seqs, self.cache, self.mask = seqs, cache, mask
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def extend(self, other: KVBatch) -> None:
+        """Append `other`'s rows, left-padding whichever cache is shorter."""
+        length = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([_pad_kv(mine.keys, length), _pad_kv(theirs.keys, length)])
+            mine.values = torch.cat([_pad_kv(mine.values, length), _pad_kv(theirs.values, length)])
+        self.mask = torch.cat([_pad_mask(self.mask, length), _pad_mask(other.mask, length)])
+        self.seqs = self.seqs + other.seqs
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these rows, then drop leading columns that are padding in every remaining row."""
+        if len(rows) == len(self.seqs):
+            return
+        index = torch.tensor(rows, dtype=torch.long)
+        self.mask = self.mask[index]
+        start = int(self.mask.any(dim=0).long().argmax()) if rows else 0
+        self.mask = self.mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, start:].contiguous()
+            layer.values = layer.values[index, :, start:].contiguous()
+        self.seqs = [self.seqs[i] for i in rows]
+
+    def decode_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """input_ids, attention_mask and position_ids of one decode step: every row's last token."""
+        input_ids = torch.tensor([[s.output_ids[-1]] for s in self.seqs], dtype=torch.long)
+        position_ids = self.mask.sum(dim=1, keepdim=True)  # real tokens before this one
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        return input_ids, self.mask, position_ids
+
+
+def _pad_kv(x: torch.Tensor, length: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, 0, length - x.shape[2], 0))
+
+
+def _pad_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
+    return torch.nn.functional.pad(mask, (length - mask.shape[1], 0))
+
+
+def deliver(items: list[tuple[Sequence, GenerationOutput | BaseException]]) -> list[Sequence]:
+    """Hand outputs over to their consumers' event loops, with one wake-up per loop (not per output: that
+    costs ~100 us each). Returns the sequences whose consumer's loop is closed."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for seq, item in items:
+        by_loop.setdefault(seq.loop, []).append((seq, item))
+    lost = []
+    for loop, pairs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, [(seq.outputs, item) for seq, item in pairs])
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            lost += [seq for seq, _ in pairs]
+    return lost
+
+
+def _put_all(pairs: list[tuple[asyncio.Queue, Any]]) -> None:
+    for outputs, item in pairs:
+        outputs.put_nowait(item)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask and position_ids of a batched prefill (positions start at 0 per row)."""
+    length = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        input_ids[i, length - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        mask[i, length - len(prompt) :] = 1
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return input_ids, mask, position_ids
+
+
+def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    """Next token of each row of `logits` ([rows, vocab], float32): penalties, then greedy or
+    temperature + top-p with the row's own generator."""
+    tokens = logits.argmax(dim=-1).tolist()  # greedy rows without penalties are done here
+    for i, seq in enumerate(seqs):
+        params = seq.request.params
+        penalized = (params.presence_penalty or params.frequency_penalty) and seq.output_ids
+        if params.temperature == 0 and not penalized:
+            continue
+        row = logits[i]
+        if penalized:
+            # OpenAI: logit -= count * frequency_penalty + (count > 0) * presence_penalty, over the output so far.
+            counts = torch.bincount(torch.tensor(seq.output_ids), minlength=row.shape[0])[: row.shape[0]].float()
+            row = row - counts * params.frequency_penalty - (counts > 0).float() * params.presence_penalty
+        if params.temperature == 0:
+            tokens[i] = int(row.argmax())
+            continue
+        probs = torch.softmax(row / params.temperature, dim=-1)
+        if params.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            outside = sorted_probs.cumsum(dim=0) - sorted_probs >= params.top_p  # the top token always stays
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs.masked_fill(outside, 0.0))
+        tokens[i] = int(torch.multinomial(probs, 1, generator=seq.generator))
+    return tokens
