@@ -73,7 +73,9 @@ class RatchetServer:
 
 def build(args: dict[str, Any]) -> serve.Application:
     """Serve application builder: `args` = {"settings": {...}, "routers": ["pkg.mod:router", ...]}."""
-    return serve.deployment(RatchetServer, name=DEPLOYMENT_NAME).bind(args["settings"], args.get("routers") or [])
+    # No settings in args: the replica reads RATCHET_* from its environment (the runtime_env).
+    settings = args.get("settings") or {}
+    return serve.deployment(RatchetServer, name=DEPLOYMENT_NAME).bind(settings, args.get("routers") or [])
 
 
 def settings_payload(settings: Settings) -> dict[str, Any]:
