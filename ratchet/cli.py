@@ -417,22 +417,147 @@ def demo(
     _not_yet("demo", "the closed-loop issue")
 
 
+TrainFile = Annotated[
+    Path | None, typer.Option("--file", help="Train on this OpenAI-format JSONL (validated) instead of the store.")
+]
+FromStore = Annotated[bool, typer.Option("--from-store", help="Build the data from the store's feedback [default].")]
+ValidationFile = Annotated[Path | None, typer.Option("--validation-file", help="JSONL for eval loss (with --file).")]
+TrainConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="YAML recipe, e.g. configs/train/sft_lora_cpu.yaml.")
+]
+Suffix = Annotated[str | None, typer.Option("--suffix", help="Name the adapter ft-NNNN-<suffix> ([a-z0-9-]).")]
+Parent = Annotated[str | None, typer.Option("--parent", help="Continue from this registered adapter (ft-NNNN).")]
+Epochs = Annotated[str | None, typer.Option("--epochs", help="Passes over the data, or auto.")]
+LearningRate = Annotated[str | None, typer.Option("--learning-rate", help="Peak learning rate, or auto.")]
+BatchSize = Annotated[str | None, typer.Option("--batch-size", help="Examples per step, or auto.")]
+LoraR = Annotated[int | None, typer.Option("--lora-r", help="LoRA rank.")]
+LoraAlpha = Annotated[int | None, typer.Option("--lora-alpha", help="LoRA alpha (usually 2 x rank).")]
+MaxLength = Annotated[int | None, typer.Option("--max-length", help="Longest sequence in tokens.")]
+Seed = Annotated[int | None, typer.Option("--seed", help="Seed for data order and LoRA init.")]
+Beta = Annotated[float | None, typer.Option("--beta", help="Deviation from the reference (lower = further).")]
+
+
 @train_app.command("sft")
-def train_sft(home: Home = None) -> None:
-    """Supervised fine-tuning on good answers and corrections."""
-    _not_yet("train sft", "the retraining issue")
+def train_sft(
+    home: Home = None,
+    file: TrainFile = None,
+    from_store: FromStore = False,
+    validation_file: ValidationFile = None,
+    config: TrainConfigFile = None,
+    suffix: Suffix = None,
+    parent: Parent = None,
+    epochs: Epochs = None,
+    learning_rate: LearningRate = None,
+    batch_size: BatchSize = None,
+    lora_r: LoraR = None,
+    lora_alpha: LoraAlpha = None,
+    max_length: MaxLength = None,
+    seed: Seed = None,
+) -> None:
+    """Supervised fine-tuning on good answers and corrections; prints the adapter name last on stdout."""
+    hyperparameters = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "lora_r": lora_r}
+    hyperparameters |= {"lora_alpha": lora_alpha, "max_length": max_length, "seed": seed}
+    _train("sft", home, file, from_store, validation_file, config, suffix, parent, hyperparameters)
 
 
 @train_app.command("dpo")
-def train_dpo(home: Home = None) -> None:
-    """Direct preference optimisation on answer pairs."""
-    _not_yet("train dpo", "the retraining issue")
+def train_dpo(
+    home: Home = None,
+    file: TrainFile = None,
+    from_store: FromStore = False,
+    validation_file: ValidationFile = None,
+    config: TrainConfigFile = None,
+    suffix: Suffix = None,
+    parent: Parent = None,
+    epochs: Epochs = None,
+    learning_rate: LearningRate = None,
+    batch_size: BatchSize = None,
+    lora_r: LoraR = None,
+    lora_alpha: LoraAlpha = None,
+    max_length: MaxLength = None,
+    seed: Seed = None,
+    beta: Beta = None,
+) -> None:
+    """Direct preference optimisation on answer pairs; prints the adapter name last on stdout."""
+    hyperparameters = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "lora_r": lora_r}
+    hyperparameters |= {"lora_alpha": lora_alpha, "max_length": max_length, "seed": seed, "beta": beta}
+    _train("dpo", home, file, from_store, validation_file, config, suffix, parent, hyperparameters)
 
 
 @train_app.command("kto")
-def train_kto(home: Home = None) -> None:
-    """KTO on unpaired thumbs up / down."""
-    _not_yet("train kto", "the retraining issue")
+def train_kto(
+    home: Home = None,
+    file: TrainFile = None,
+    from_store: FromStore = False,
+    validation_file: ValidationFile = None,
+    config: TrainConfigFile = None,
+    suffix: Suffix = None,
+    parent: Parent = None,
+    epochs: Epochs = None,
+    learning_rate: LearningRate = None,
+    batch_size: BatchSize = None,
+    lora_r: LoraR = None,
+    lora_alpha: LoraAlpha = None,
+    max_length: MaxLength = None,
+    seed: Seed = None,
+    beta: Beta = None,
+) -> None:
+    """KTO on unpaired thumbs up / down; prints the adapter name last on stdout."""
+    hyperparameters = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "lora_r": lora_r}
+    hyperparameters |= {"lora_alpha": lora_alpha, "max_length": max_length, "seed": seed, "beta": beta}
+    _train("kto", home, file, from_store, validation_file, config, suffix, parent, hyperparameters)
+
+
+def _train(
+    method: str,
+    home: Path | None,
+    file: Path | None,
+    from_store: bool,
+    validation_file: Path | None,
+    config_file: Path | None,
+    suffix: str | None,
+    parent: str | None,
+    hyperparameters: dict,
+) -> None:
+    """Build the data, train in this process, register the adapter, print its name (retrain/finetune.py)."""
+    from retrain.finetune import DataError, data_from_file, data_from_store, fine_tune
+    from retrain.hyperparams import ConfigError, TrainConfig, load_config
+    from retrain.trainers import TrainingError
+
+    if file is not None and from_store:
+        raise CliError("use --from-store or --file, not both")
+    if validation_file is not None and file is None:
+        raise CliError("--validation-file goes with --file (the store holds its own held-out split)")
+    settings = settings_for(home)
+    try:
+        config = load_config(config_file, method) if config_file else TrainConfig.default(method)
+        config = config.with_overrides(hyperparameters)
+    except ConfigError as error:
+        raise CliError(str(error)) from error
+    if not settings.base_model and not (settings.demo_model_dir / "config.json").is_file():
+        raise CliError(f"no base model at {settings.demo_model_dir}: run `ratchet init --home {settings.home}` first")
+    store = open_store(settings)
+    try:
+        try:
+            data = data_from_file(method, file, validation_file) if file else data_from_store(store, method)
+        except DataError as error:
+            for line in error.lines:
+                sys.stderr.write(line + "\n")
+            raise CliError(str(error)) from error
+        where = str(file) if file else "the store"
+        err.print(f"{method}: {len(data.train)} training row(s), {len(data.heldout)} held out, from {where}")
+        try:
+            record, result = fine_tune(settings, method, data, config, suffix=suffix, parent=parent, store=store)
+        except TrainingError as error:
+            raise CliError(str(error)) from error
+    finally:
+        store.close()
+    summary = ", ".join(
+        f"{key} {result.metrics[key]:.4g}" for key in ("train_loss", "eval_loss") if key in result.metrics
+    )
+    err.print(f"trained {record.name} in {result.seconds:.1f}s ({result.metrics['steps']} steps; {summary})")
+    err.print(f"metrics and loss curves: {record.metrics['run_dir']}")
+    print(record.name)
 
 
 @app.command("eval")
