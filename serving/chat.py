@@ -135,6 +135,7 @@ async def _prepare(body: ChatCompletionRequest, key_id: str | None, runtime: Ser
         stop=tuple(body.stop_list()),
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
+        ignore_eos=body.ignore_eos,
     )
     call = Call(id=new_id("chatcmpl"), body=body, route=route, prompt_ids=prompt_ids, params=params, key_id=key_id)
     call.choices = [ChoiceState(i) for i in range(body.n)]

@@ -77,6 +77,8 @@ class ChatCompletionRequest(_Request):
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # vLLM's extension, for load tests and benchmarks: generate exactly max_tokens, ignoring end-of-sequence.
+    ignore_eos: bool = False
 
     @field_validator("stop")
     @classmethod

@@ -1,0 +1,334 @@
+"""Serving throughput and latency, every system side by side in one run, on the same workload.
+
+    python benchmarks/bench_serving.py                       # demo model and a 30M random Llama
+    python benchmarks/bench_serving.py --models demo --requests 32
+
+Workload: `--requests` chat requests of `--tokens` greedy tokens each (end-of-sequence ignored, so every
+system generates exactly the same number of tokens), at concurrency 1, 8 and 32. Systems:
+
+- `naive`         a loop of single-request `model.generate` (the baseline every ratio is against)
+- `hf-engine`     ratchet's HFEngine called in-process (continuous batching, no HTTP)
+- `hf-served`     the same engine through ratchet's Ray Serve app, HTTP and completion logging included
+- `vllm-engine`   ratchet's VLLMEngine in-process            (only where vLLM is installed)
+- `vllm-served`   ratchet on Ray Serve with the vLLM engine    (only where vLLM is installed)
+- `vllm-server`   vLLM's own OpenAI server, the peer users would pick instead (only where vLLM is installed)
+
+Prints one table (output tokens/s, × naive, p50/p99 request latency) and writes benchmarks/out/serving.json.
+The script times itself; nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "out"
+PROMPT = "Tell me about tea."
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def summarize(latencies: list[float], seconds: float, tokens: int) -> dict:
+    return {
+        "tokens_per_s": round(tokens / seconds, 1),
+        "p50_s": round(percentile(latencies, 0.5), 3),
+        "p99_s": round(percentile(latencies, 0.99), 3),
+        "seconds": round(seconds, 2),
+    }
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+
+def demo_model(root: Path) -> Path:
+    from retrain.demo.build import build_demo_model, read_build_info
+
+    path = root / "demo"
+    if read_build_info(path) is None:
+        build_demo_model(path, steps=100, progress=True)
+    return path
+
+
+def random_30m_model(root: Path, tokenizer_from: Path) -> Path:
+    """A ~30M-parameter Llama of random weights (hidden 512, 8 layers, 8 heads of 64): compute dominates."""
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    path = root / "random-30m"
+    if (path / "config.json").exists():
+        return path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig.from_pretrained(tokenizer_from)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+# -- systems ---------------------------------------------------------------------------------------
+
+
+def run_naive(model_dir: Path, requests: int, tokens: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    latencies = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            model.generate(**ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+            latencies.append(time.perf_counter() - t0)
+    return summarize(latencies, time.perf_counter() - start, requests * tokens)
+
+
+async def _drive(one, requests: int, concurrency: int, tokens: int) -> dict:
+    semaphore = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def timed() -> None:
+        async with semaphore:
+            t0 = time.perf_counter()
+            await one()
+            latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(timed() for _ in range(requests)))
+    return summarize(latencies, time.perf_counter() - start, requests * tokens)
+
+
+async def run_engine(engine_name: str, model_dir: Path, requests: int, tokens: int, levels: list[int]) -> dict:
+    from transformers import AutoTokenizer
+
+    from serving.engine import GenerationRequest, SamplingParams
+
+    if engine_name == "hf":
+        from serving.engines.hf import HFEngine
+
+        engine = HFEngine(str(model_dir), max_batch_size=32)
+    else:
+        from serving.engines.vllm import VLLMEngine
+
+        engine = VLLMEngine(str(model_dir), dtype="bfloat16", max_model_len=512)
+        await engine.start()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+    params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+    counter = iter(range(10**9))
+
+    async def one() -> None:
+        async for _ in engine.generate(GenerationRequest(f"b{next(counter)}", list(prompt), params)):
+            pass
+
+    try:
+        await _drive(one, min(requests, 8), 8, tokens)  # warm-up
+        return {c: await _drive(one, requests, c, tokens) for c in levels}
+    finally:
+        await engine.shutdown()
+
+
+async def run_http(base_url: str, model: str, requests: int, tokens: int, levels: list[int]) -> dict:
+    import httpx
+
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+
+        async def one() -> None:
+            response = await client.post("/v1/chat/completions", json=body)
+            response.raise_for_status()
+
+        await _drive(one, min(requests, 8), 8, tokens)  # warm-up
+        return {c: await _drive(one, requests, c, tokens) for c in levels}
+
+
+def served(engine_name: str, model_dir: Path, requests: int, tokens: int, levels: list[int]) -> dict:
+    from deploy.server import start, stop
+    from deploy.workspace import init_workspace
+    from ratchet.settings import Settings
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    with tempfile.TemporaryDirectory() as home:
+        settings = Settings(
+            home=Path(home),
+            base_model=str(model_dir),
+            engine=engine_name,
+            port=free_port(),
+            max_model_len=512,
+            max_concurrent_requests=64,
+        )
+        init_workspace(settings, progress=False)
+        url = start(settings)
+        try:
+            return asyncio.run(run_http(url, "base", requests, tokens, levels))
+        finally:
+            stop(settings)
+
+
+def vllm_server(model_dir: Path, requests: int, tokens: int, levels: list[int]) -> dict:
+    import httpx
+
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--dtype",
+            "bfloat16",
+            "--max-model-len",
+            "512",
+            "--enforce-eager",
+            "--served-model-name",
+            "base",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None:
+                raise RuntimeError("vLLM's server exited during start-up")
+            time.sleep(1)
+        return asyncio.run(run_http(f"http://127.0.0.1:{port}", "base", requests, tokens, levels))
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="demo,random-30m")
+    parser.add_argument("--systems", default="naive,hf-engine,hf-served,vllm-engine,vllm-served,vllm-server")
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--concurrency", default="1,8,32")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    systems = args.systems.split(",")
+    try:
+        import vllm  # noqa: F401
+
+        has_vllm = True
+    except Exception:
+        has_vllm = False
+        systems = [s for s in systems if not s.startswith("vllm")]
+    root = OUT / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    models = {"demo": demo_model(root)}
+    if "random-30m" in args.models:
+        models["random-30m"] = random_30m_model(root, models["demo"])
+    models = {k: v for k, v in models.items() if k in args.models.split(",")}
+
+    results: dict = {}
+    for name, path in models.items():
+        row: dict = {}
+        for system in systems:
+            print(f"[{name}] {system} ...", file=sys.stderr, flush=True)
+            if system == "naive":
+                row[system] = run_naive(path, max(4, args.requests // 8), args.tokens)
+            elif system.endswith("-engine"):
+                row[system] = asyncio.run(run_engine(system.split("-")[0], path, args.requests, args.tokens, levels))
+            elif system.endswith("-served"):
+                row[system] = served(system.split("-")[0], path, args.requests, args.tokens, levels)
+            elif system == "vllm-server":
+                row[system] = vllm_server(path, args.requests, args.tokens, levels)
+        results[name] = row
+
+    report(results, levels)
+    OUT.mkdir(exist_ok=True)
+    machine = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "vllm": has_vllm,
+    }
+    (OUT / "serving.json").write_text(
+        json.dumps({"benchmark": "bench_serving", "args": vars(args), "machine": machine, "results": results}, indent=2)
+    )
+
+
+def report(results: dict, levels: list[int]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="serving: output tokens/s (× naive) and p50/p99 latency in s")
+    table.add_column("model")
+    table.add_column("system")
+    for c in levels:
+        table.add_column(f"c={c}", justify="right")
+    for model, row in results.items():
+        naive = row.get("naive", {}).get("tokens_per_s")
+        for system, result in row.items():
+            if system == "naive":
+                cells = [f"{result['tokens_per_s']:.0f} (1.0×) {result['p50_s']}/{result['p99_s']}"] + [""] * (
+                    len(levels) - 1
+                )
+            else:
+                cells = []
+                for c in levels:
+                    r = result[c]
+                    ratio = f" ({r['tokens_per_s'] / naive:.1f}×)" if naive else ""
+                    cells.append(f"{r['tokens_per_s']:.0f}{ratio} {r['p50_s']}/{r['p99_s']}")
+            table.add_row(model, system, *cells)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
