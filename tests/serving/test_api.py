@@ -189,3 +189,38 @@ def test_admin_routes_need_the_admin_key(server):
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
     traversal = httpx.post(server.url + "/admin/adapters/load", json={"adapter": "../../etc"}, headers=headers)
     assert traversal.status_code == 400
+
+
+def test_oversized_body_is_413(server):
+    huge = b'{"model": "base", "messages": [{"role": "user", "content": "' + b"a" * 1_100_000 + b'"}]}'
+    response = httpx.post(
+        server.url + "/v1/chat/completions", content=huge, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+
+
+def test_api_keys_guard_the_api_once_one_exists(server):
+    """Runs last in this module: while a key exists every chat needs it (the server caches key state 5 s)."""
+    import time
+
+    from serving.auth import CACHE_SECONDS
+
+    with FeedbackStore(server.settings.store_url) as store:
+        key_id, key = store.add_api_key("test")
+    try:
+        time.sleep(CACHE_SECONDS + 0.5)
+        body = {"model": "base", "messages": ask(server.prompt), "max_tokens": 4}
+        with pytest.raises(openai.AuthenticationError):
+            OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).chat.completions.create(**body)
+        keyed = OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+        assert keyed.chat.completions.create(**body).choices[0].message.content
+        chat_key_on_admin = httpx.post(
+            server.url + "/admin/adapters/load",
+            json={"adapter": server.adapter},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert chat_key_on_admin.status_code == 403
+    finally:
+        with FeedbackStore(server.settings.store_url) as store:
+            store.revoke_api_key(key_id)
+        time.sleep(CACHE_SECONDS + 0.5)
