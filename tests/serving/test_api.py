@@ -191,6 +191,25 @@ def test_admin_routes_need_the_admin_key(server):
     assert traversal.status_code == 400
 
 
+def test_a_dropped_stream_is_logged_as_abort(server):
+    import json
+    import time
+
+    body = {"model": "base", "messages": ask(server.prompt), "max_tokens": 400, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as response:
+        lines = response.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        completion_id = json.loads(first.removeprefix("data: "))["id"]
+        next(lines)  # one more chunk, then hang up mid-stream
+    deadline = time.monotonic() + 30
+    with FeedbackStore(server.settings.store_url) as store:
+        while (logged := store.get_completion(completion_id)) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert logged is not None, "a dropped stream was not logged"
+    assert logged.choices[0]["finish_reason"] == "abort"
+    assert logged.completion_tokens < 400
+
+
 def test_oversized_body_is_413(server):
     huge = b'{"model": "base", "messages": [{"role": "user", "content": "' + b"a" * 1_100_000 + b'"}]}'
     response = httpx.post(
