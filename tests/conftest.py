@@ -103,9 +103,10 @@ def demo_model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     key = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + f"steps={DEMO_TEST_STEPS}".encode()).hexdigest()
     cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     root = cache.mkdir("ratchet-demo-model") if cache is not None else tmp_path_factory.mktemp("models")
-    model_dir = root / f"demo-{key[:16]}"
+    # The folder keeps the demo model's own name: the base model id recorded everywhere is the dir name.
+    model_dir = root / key[:16] / "demo-tiny-v1"
     if read_build_info(model_dir) is None:
-        for stale in root.glob("demo-*"):
+        for stale in root.iterdir():
             shutil.rmtree(stale, ignore_errors=True)
         build_demo_model(model_dir, seed=0, steps=DEMO_TEST_STEPS, progress=False)
     return model_dir
