@@ -19,7 +19,7 @@ from fastapi.responses import StreamingResponse
 from feedback.models import Completion, new_id
 from serving import metrics
 from serving.auth import require_api_key
-from serving.engine import GenerationRequest, SamplingParams
+from serving.engine import AdapterNotLoadedError, GenerationRequest, SamplingParams
 from serving.errors import APIError
 from serving.protocol import (
     AssistantMessage,
@@ -163,9 +163,11 @@ async def _run_choice(
             if queue is not None and (output.text or output.finish_reason):
                 queue.put_nowait((index, output.text, output.finish_reason))
     except Exception as exc:
+        if isinstance(exc, AdapterNotLoadedError):  # evicted or unloaded between routing and the first step
+            exc = APIError(503, f"{exc}; retry shortly", code="adapter_unavailable", headers={"Retry-After": "1"})
         error = exc
         if queue is None:
-            raise
+            raise exc from None
     finally:
         if queue is not None:
             queue.put_nowait((index, None, error))

@@ -50,6 +50,13 @@ class GenerationOutput:
     completion_tokens: int = 0  # cumulative
 
 
+class AdapterNotLoadedError(KeyError):
+    """A request names an adapter the engine has not loaded (callers load first)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 class AdapterLoadError(RuntimeError):
     """An adapter could not be loaded (bad files, wrong base model, rank over the limit, ...)."""
 

@@ -39,17 +39,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from ratchet.settings import Settings
-from serving.engine import AdapterLoadError, GenerationOutput, GenerationRequest
+from serving.engine import AdapterLoadError, AdapterNotLoadedError, GenerationOutput, GenerationRequest
 from serving.engines.hf_batch import KVBatch, Sequence, deliver, left_pad, sample
 
 logger = logging.getLogger(__name__)
 DTYPES = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_PREFILL_TOKENS = 8192  # padded prompt tokens per batched prefill, so a burst of long prompts is split
-
-
-class AdapterNotLoadedError(KeyError):
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 class HFEngine:

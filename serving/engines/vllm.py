@@ -37,17 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from ratchet.settings import Settings
-from serving.engine import AdapterLoadError, FinishReason, GenerationOutput, GenerationRequest
+from serving.engine import AdapterLoadError, AdapterNotLoadedError, FinishReason, GenerationOutput, GenerationRequest
 
 logger = logging.getLogger(__name__)
 DTYPES = ("float32", "bfloat16", "float16")
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM 0.32 accepts
 FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
-
-
-class AdapterNotLoadedError(KeyError):
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 class VLLMEngine:
