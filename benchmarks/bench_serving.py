@@ -90,7 +90,7 @@ def random_30m_model(root: Path, tokenizer_from: Path) -> Path:
         tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig.from_pretrained(tokenizer_from)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
