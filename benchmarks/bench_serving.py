@@ -230,7 +230,8 @@ def vllm_server(model_dir: Path, requests: int, tokens: int, levels: list[int]) 
             "base",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(OUT / "vllm-server.log").open("w"),
+        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},  # the same 1 GiB KV cache ratchet's engine gets
     )
     try:
         deadline = time.monotonic() + 600
@@ -281,14 +282,11 @@ def main() -> None:
         row: dict = {}
         for system in systems:
             print(f"[{name}] {system} ...", file=sys.stderr, flush=True)
-            if system == "naive":
-                row[system] = run_naive(path, max(4, args.requests // 8), args.tokens)
-            elif system.endswith("-engine"):
-                row[system] = asyncio.run(run_engine(system.split("-")[0], path, args.requests, args.tokens, levels))
-            elif system.endswith("-served"):
-                row[system] = served(system.split("-")[0], path, args.requests, args.tokens, levels)
-            elif system == "vllm-server":
-                row[system] = vllm_server(path, args.requests, args.tokens, levels)
+            try:
+                row[system] = run_system(system, path, args, levels)
+            except Exception as error:  # one failing system must not lose the others' numbers
+                print(f"[{name}] {system} failed: {error}", file=sys.stderr, flush=True)
+                row[system] = {"error": str(error)}
         results[name] = row
 
     report(results, levels)
@@ -304,6 +302,18 @@ def main() -> None:
     )
 
 
+def run_system(system: str, path: Path, args: argparse.Namespace, levels: list[int]) -> dict:
+    if system == "naive":
+        return run_naive(path, max(4, args.requests // 8), args.tokens)
+    if system.endswith("-engine"):
+        return asyncio.run(run_engine(system.split("-")[0], path, args.requests, args.tokens, levels))
+    if system.endswith("-served"):
+        return served(system.split("-")[0], path, args.requests, args.tokens, levels)
+    if system == "vllm-server":
+        return vllm_server(path, args.requests, args.tokens, levels)
+    raise ValueError(f"unknown system {system}")
+
+
 def report(results: dict, levels: list[int]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -316,7 +326,9 @@ def report(results: dict, levels: list[int]) -> None:
     for model, row in results.items():
         naive = row.get("naive", {}).get("tokens_per_s")
         for system, result in row.items():
-            if system == "naive":
+            if "error" in result:
+                cells = [f"failed: {result['error'][:40]}"] + [""] * (len(levels) - 1)
+            elif system == "naive":
                 cells = [f"{result['tokens_per_s']:.0f} (1.0×) {result['p50_s']}/{result['p99_s']}"] + [""] * (
                     len(levels) - 1
                 )
