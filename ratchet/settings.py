@@ -47,7 +47,9 @@ class Settings(BaseSettings):
         "Empty means the demo model that `ratchet init` builds under <home>/models/.",
     )
     demo_seed: int = Field(0, description="Seed of the demo model build (corpus, tokenizer, weights).")
-    demo_steps: int = Field(600, ge=1, description="Pretraining steps of the demo model (600 ~ 90 s on 2 cores).")
+    demo_steps: int = Field(
+        600, ge=1, description="Pretraining steps of the demo model (600 took 147 s on one free core here)."
+    )
     engine: Literal["hf", "vllm", "auto"] = Field(
         "hf", description="Inference engine: hf (transformers+PEFT), vllm, or auto (vLLM when CUDA and vLLM exist)."
     )

@@ -1,8 +1,8 @@
 """Build the tiny demo chat model from the corpus: `build_demo_model(out_dir)`.
 
 No model hub is reachable here, so `ratchet init` makes its own base model: a byte-level BPE tokenizer
-trained on the corpus, a ChatML chat template, and a 0.6M-parameter Llama pretrained for a minute or two
-on conversations sampled from `retrain.demo.corpus`. The result is an ordinary Hugging Face model
+trained on the corpus, a ChatML chat template, and a 0.66M-parameter Llama pretrained for two or three
+minutes on conversations sampled from `retrain.demo.corpus`. The result is an ordinary Hugging Face model
 directory (safetensors, `chat_template.jinja`, `generation_config.json` that stops at `<|im_end|>`) that
 `AutoModelForCausalLM` / `AutoTokenizer` and vLLM load like any other.
 
@@ -62,10 +62,13 @@ def read_build_info(model_dir: Path) -> dict | None:
         return None
 
 
-def build_demo_model(out_dir: Path, *, seed: int = 0, steps: int = 600, progress: bool = True) -> Path:
+def build_demo_model(
+    out_dir: Path, *, seed: int = 0, steps: int = 600, progress: bool = True, threads: int | None = None
+) -> Path:
     """Build the demo model into `out_dir` (replacing what is there) and return `out_dir`.
 
-    Takes ~90 s at the default 600 steps on 2 CPU cores.
+    `threads` is torch's thread count for the build; None picks one (`default_threads`). Takes ~4 min at
+    the default 600 steps on one busy core of the 2-core dev machines (~0.25 s/step on a free one).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -73,9 +76,7 @@ def build_demo_model(out_dir: Path, *, seed: int = 0, steps: int = 600, progress
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     previous_threads = torch.get_num_threads()
-    # A tiny model gains nothing from many threads; OMP_NUM_THREADS, where set, is the caller's choice.
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(threads or default_threads())
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the model dir should read like any other
     try:
@@ -94,6 +95,7 @@ def build_demo_model(out_dir: Path, *, seed: int = 0, steps: int = 600, progress
             "corpus_version": corpus.CORPUS_VERSION,
             "parameters": sum(p.numel() for p in model.parameters()),
             "build_seconds": round(time.monotonic() - started, 1),
+            "threads": torch.get_num_threads(),
         }
         (tmp / BUILD_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         _replace_dir(tmp, out_dir)
@@ -101,6 +103,20 @@ def build_demo_model(out_dir: Path, *, seed: int = 0, steps: int = 600, progress
         torch.set_num_threads(previous_threads)
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def default_threads() -> int:
+    """Threads for a build: OMP_NUM_THREADS where set, else 2 on an idle machine and 1 on a busy one.
+
+    A 0.6M-parameter model gains little from more than 2 threads, and when another process holds a core,
+    torch's second thread waits on it at every op: measured here, a step with 2 threads on a busy 2-core
+    machine took 5x as long as with 1.
+    """
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = os.cpu_count() or 1
+    busy = os.getloadavg()[0] >= 1.0
+    return 1 if busy or cores == 1 else 2
 
 
 def _train_tokenizer() -> PreTrainedTokenizerFast:
@@ -190,8 +206,8 @@ def _pretrain(
     seed: int,
     progress: bool,
 ) -> float:
-    """AdamW with linear warmup and cosine decay over `steps` batches in corpus order; returns the mean
-    loss of the last tenth of the steps."""
+    """`steps` batches of AdamW with linear warmup and cosine decay to a tenth; returns the mean loss of
+    the last tenth of the steps."""
     encoded = _encode(tokenizer, conversations)
     batches = _length_grouped_batches(encoded, random.Random(seed))
     optimizer = torch.optim.AdamW(model.parameters(), lr=PEAK_LR, betas=(0.9, 0.95), weight_decay=0.01)

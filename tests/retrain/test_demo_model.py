@@ -194,11 +194,11 @@ def test_build_is_deterministic_and_replaces_atomically(tmp_path: Path):
 
     from retrain.demo.build import build_demo_model, read_build_info
 
-    first = build_demo_model(tmp_path / "a", seed=3, steps=5, progress=False)
-    second = build_demo_model(tmp_path / "b", seed=3, steps=5, progress=False)
+    first = build_demo_model(tmp_path / "a", seed=3, steps=5, progress=False, threads=1)
+    second = build_demo_model(tmp_path / "b", seed=3, steps=5, progress=False, threads=1)
     assert (first / "tokenizer.json").read_text() == (second / "tokenizer.json").read_text()
     a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
-    build_demo_model(tmp_path / "b", seed=4, steps=5, progress=False)  # over the old build
+    build_demo_model(tmp_path / "b", seed=4, steps=5, progress=False, threads=1)  # over the old build
     assert read_build_info(tmp_path / "b")["seed"] == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
