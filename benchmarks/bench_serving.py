@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -92,7 +93,9 @@ def random_30m_model(root: Path, tokenizer_from: Path) -> Path:
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (tokenizer_from / name).exists():  # the demo model's tokenizer files, byte for byte
+            shutil.copy(tokenizer_from / name, path / name)
     return path
 
 
