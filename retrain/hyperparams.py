@@ -18,7 +18,7 @@ the `*_gpu.yaml` configs, whose rates are ten times lower, or let `learning_rate
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -80,9 +80,7 @@ class Hyperparameters(BaseModel):
             update["learning_rate"] = auto_learning_rate(n_parameters, preference=self.method != "sft")
         return self.model_copy(update=update)
 
-    @property
-    def method(self) -> Method:
-        raise NotImplementedError
+    method: ClassVar[Method]  # each subclass names its training method
 
     def record(self) -> dict[str, Any]:
         """What the registry stores: every field plus the method (call on a resolved copy)."""
@@ -92,9 +90,7 @@ class Hyperparameters(BaseModel):
 class SFTHyperparameters(Hyperparameters):
     """Supervised fine-tuning: learn to write the given answers (loss on answer tokens only)."""
 
-    @property
-    def method(self) -> Method:
-        return "sft"
+    method: ClassVar[Method] = "sft"
 
 
 class DPOHyperparameters(Hyperparameters):
@@ -107,9 +103,7 @@ class DPOHyperparameters(Hyperparameters):
         description="Weight of an SFT loss on the chosen answer added to DPO's; keeps tiny models fluent (0 = off).",
     )
 
-    @property
-    def method(self) -> Method:
-        return "dpo"
+    method: ClassVar[Method] = "dpo"
 
 
 class KTOHyperparameters(Hyperparameters):
@@ -133,9 +127,7 @@ class KTOHyperparameters(Hyperparameters):
         resolved = super().resolve(n_train, n_parameters)
         return resolved.model_copy(update={"batch_size": max(2, resolved.batch_size)})
 
-    @property
-    def method(self) -> Method:
-        return "kto"
+    method: ClassVar[Method] = "kto"
 
 
 HYPERPARAMETERS: dict[Method, type[Hyperparameters]] = {
