@@ -1,8 +1,8 @@
 """The workspace: one directory that holds a ratchet installation's state.
 
 `init_workspace` is idempotent: it creates what is missing (folders, the admin key, the migrated store,
-the demo model when no base model is configured) and leaves what exists alone, so `serve`, `up` and
-`demo` call it on every start.
+the demo model when no base model is configured, the demo's regression suite) and leaves what exists
+alone, so `serve`, `up` and `demo` call it on every start.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def init_workspace(settings: Settings, *, build_model: bool = True, progress: bo
         settings.adapters_dir,
         settings.runs_dir,
         settings.reports_dir,
+        settings.regression_dir,
     ):
         if not directory.is_dir():
             directory.mkdir(parents=True, exist_ok=True)
@@ -88,4 +89,15 @@ def init_workspace(settings: Settings, *, build_model: bool = True, progress: bo
 
         build_demo_model(settings.demo_model_dir, seed=settings.demo_seed, steps=settings.demo_steps, progress=progress)
         report.created.append(f"models/{settings.demo_model_dir.name}/")
+
+    # 5) the regression suite of the demo model (its corpus knows the right answers); yours sit beside it
+    if _serves_demo_model(settings) and not (settings.regression_dir / "demo.jsonl").exists():
+        from eval.regression import write_demo_suite
+
+        write_demo_suite(settings.regression_dir)
+        report.created.append("regression/demo.jsonl")
     return report
+
+
+def _serves_demo_model(settings: Settings) -> bool:
+    return not settings.base_model or demo_model_ready(Path(settings.base_model))

@@ -16,7 +16,8 @@ one folder per adapter, and the record keeps the folder's path RELATIVE to that 
   (or a request naming an adapter) cannot make the server load files from elsewhere.
 
 Statuses: candidate (trained, not yet judged), canary (taking a share of traffic), current (serving),
-previous (the one rollback returns to), rejected (failed the gate), retired. Which adapter holds which
+previous (the one rollback returns to), rejected (failed the gate, or rolled back), superseded (served
+once, replaced since), retired (its files pruned; the record stays). Which adapter holds which
 status is decided in deploy/; this module only records it.
 """
 
@@ -34,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from feedback.models import Adapter
 from feedback.store import FeedbackStore
 
-STATUSES = ("candidate", "current", "previous", "canary", "rejected", "retired")
+STATUSES = ("candidate", "current", "previous", "canary", "rejected", "superseded", "retired")
 WEIGHTS_FILE, CONFIG_FILE = "adapter_model.safetensors", "adapter_config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle")
 SUFFIX_RE = re.compile(r"[a-z0-9-]{1,40}")

@@ -240,13 +240,26 @@ class FeedbackStore:
 
     def set_state(self, key: str, value: dict | None) -> None:
         """Store `value` under `key` (None clears it); committed when this returns."""
-        stmt = self._insert(ServingState).values(key=key, value=value, updated=now())
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[ServingState.__table__.c.key],
-            set_={"value": stmt.excluded.value, "updated": stmt.excluded.updated},
-        )
+        self.set_states({key: value})
+
+    def set_states(self, values: dict[str, dict | None]) -> None:
+        """Store several keys in ONE transaction, so a reader never sees half a change of routing."""
         with self.session() as session:
-            session.execute(stmt)
+            for key, value in values.items():
+                stmt = self._insert(ServingState).values(key=key, value=value, updated=now())
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[ServingState.__table__.c.key],
+                    set_={"value": stmt.excluded.value, "updated": stmt.excluded.updated},
+                )
+                session.execute(stmt)
+
+    def get_states(self, keys: Sequence[str]) -> dict[str, dict | None]:
+        """Several keys read in one transaction (one consistent snapshot)."""
+        with self.session() as session:
+            rows = {
+                row.key: row.value for row in session.scalars(select(ServingState).where(ServingState.key.in_(keys)))
+            }
+        return {key: rows.get(key) for key in keys}
 
     # -- API keys ------------------------------------------------------------------------------
     def add_api_key(self, name: str = "") -> tuple[str, str]:

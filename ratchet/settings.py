@@ -11,6 +11,7 @@ The workspace (`home`) holds everything a run produces:
     <home>/adapters/      trained LoRA adapters, one folder per registered name
     <home>/runs/          training runs: metrics CSV, loss plots
     <home>/reports/       evaluation reports
+    <home>/regression/    the regression suite (*.jsonl; the demo's is written by init)
     <home>/admin.key      the admin token (mode 0600, no trailing newline)
 """
 
@@ -82,6 +83,59 @@ class Settings(BaseSettings):
         "", description="Comma-separated API keys to seed the key table with (chat, feedback, files, fine-tuning)."
     )
 
+    # -- evaluation and the gate ----------------------------------------------------------------
+    judge: Literal["ratings", "llm"] = Field(
+        "ratings",
+        description="Pairwise judge: ratings (learned from stored feedback) or llm (an OpenAI-compatible API).",
+    )
+    judge_url: str = Field("", description="LLM judge: base URL of an OpenAI-compatible API (e.g. http://host/v1).")
+    judge_model: str = Field("", description="LLM judge: the model name to ask.")
+    judge_api_key: str = Field("", description="LLM judge: its API key (never logged).")
+    eval_prompts: int = Field(40, ge=1, description="Most prompts an offline evaluation samples answers for.")
+    eval_samples: int = Field(2, ge=1, le=8, description="Sampled answers per prompt and model for the win-rate.")
+    eval_temperature: float = Field(1.0, ge=0, le=2, description="Temperature of the win-rate samples.")
+    gate_min_pairs: int = Field(20, ge=1, description="Gate: judged pairs (ties excluded) needed to decide.")
+    gate_min_win_rate_low: float = Field(
+        0.5, ge=0, lt=1, description="Gate: the win-rate's 95 % lower bound must exceed this."
+    )
+    gate_max_regressions: int = Field(0, ge=0, description="Gate: newly failing regression cases tolerated.")
+    gate_quality_tolerance: float = Field(
+        0.05, ge=0, le=1, description="Gate: how far the well-formed share may fall below the baseline's."
+    )
+    gate_loss_tolerance: float = Field(
+        0.10, ge=0, description="Gate: relative rise of the held-out loss tolerated (0.10 = 10 %)."
+    )
+
+    # -- the loop and the canary ----------------------------------------------------------------
+    loop_every_ratings: int = Field(30, ge=1, description="Loop: retrain after this many new ratings ...")
+    loop_every_minutes: float = Field(
+        60.0, ge=0, description="... or after this many minutes with at least one new rating (0 = never by time)."
+    )
+    loop_method: Literal["auto", "sft", "dpo", "kto"] = Field(
+        "auto",
+        description="Loop: training method; auto = filtered SFT when there are good answers, else DPO, else KTO.",
+    )
+    loop_epochs: int = Field(3, ge=1, le=100, description="Loop: epochs per retraining round.")
+    loop_learning_rate: float = Field(2e-3, gt=0, lt=1, description="Loop: learning rate per round (demo-sized).")
+    loop_poll_seconds: float = Field(2.0, gt=0, description="Loop: how often it looks at the store.")
+    canary_fraction: float = Field(
+        0.2, ge=0, le=1, description="Share of `current` traffic a passing candidate takes first (0 = promote at once)."
+    )
+    canary_min_ratings: int = Field(20, ge=1, description="Canary: ratings per arm before any decision.")
+    canary_max_ratings: int = Field(
+        100, ge=1, description="Canary: ratings per arm after which it decides on the point estimate."
+    )
+    canary_margin: float = Field(
+        0.05, ge=0, le=1, description="Canary: non-inferiority margin on the thumbs-up rate (0.05 = 5 points)."
+    )
+    canary_alpha: float = Field(0.05, gt=0, lt=1, description="Canary: significance level of Fisher's exact test.")
+    keep_adapters: int = Field(
+        3, ge=0, description="Adapters kept on disk besides current, previous and canary; older ones are pruned."
+    )
+    state_sync_seconds: float = Field(
+        1.0, gt=0, description="How often each replica checks the store for a new serving state."
+    )
+
     # -- derived paths ------------------------------------------------------------------------
     @property
     def db_path(self) -> Path:
@@ -102,6 +156,10 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+    @property
+    def regression_dir(self) -> Path:
+        return self.home / "regression"
 
     @property
     def admin_key_path(self) -> Path:

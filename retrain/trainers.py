@@ -100,7 +100,8 @@ def train(
                 method, model, tokenizer, train_data, eval_data, resolved, resources, scratch, parent_lora is not None
             )
             trainer.add_callback(recorder.callback())
-            # 4) train
+            # 4) the starting point's held-out loss (the gate compares the end against it), then train
+            start_loss = trainer.evaluate().get("eval_loss") if eval_data else None
             trainer.train()
             # 5) save the adapter only ("default"; never TRL's frozen "ref" copy), as safetensors
             out_dir = Path(out_dir)
@@ -116,6 +117,8 @@ def train(
     metrics = summarise(recorder.history)
     trained_tokens = int(max((row.get("num_tokens", 0) for row in recorder.history), default=0))
     metrics.update({"steps": recorder.steps, "seconds": round(seconds, 2), "trained_tokens": trained_tokens})
+    if start_loss is not None:
+        metrics["eval_loss_start"] = round(float(start_loss), 6)
     return TrainResult(
         metrics=metrics,
         history=recorder.history,

@@ -23,7 +23,7 @@ from feedback.store import FeedbackStore
 from feedback.writer import CompletionLogWriter
 from ratchet.settings import Settings
 from serving import metrics
-from serving.engine import Engine
+from serving.engine import Engine, GenerationRequest, SamplingParams
 from serving.errors import APIError, model_not_found
 
 log = logging.getLogger("ratchet.serving")
@@ -51,6 +51,7 @@ class ServingRuntime:
         self.started_at = time.time()
         self._adapter_locks: dict[str, asyncio.Lock] = {}
         self._in_flight = 0
+        self._sync_task: asyncio.Task | None = None
         self.ready = False
         # The admin token; the file may carry whitespace (an editor's newline): it is stripped.
         key_path = settings.admin_key_path
@@ -73,17 +74,18 @@ class ServingRuntime:
         if starter is not None:
             await starter()
         self.context_length = self.engine.context_length
-        persisted = {key: (self.store.get_state(key) or {}) for key in ("current", "previous")}
-        state = {key: value.get("adapter") for key, value in persisted.items()}
-        state["canary"] = self.store.get_state("canary")
+        state = self.stored_state()
         try:
             await self.apply_state(state)
         except Exception:  # a bad persisted adapter must not keep the server down: serve the base
             log.exception("could not restore the serving state %s; serving the base model", state)
+        self._sync_task = asyncio.create_task(self._follow_store_state())
         self.ready = True
 
     async def shutdown(self) -> None:
         self.ready = False
+        if self._sync_task is not None:
+            self._sync_task.cancel()
         if self.engine is not None:
             await self.engine.shutdown()
         self.writer.close()
@@ -97,6 +99,59 @@ class ServingRuntime:
             if name and name != "base":
                 await self.ensure_adapter(name)
         self.state = {"current": state.get("current"), "previous": state.get("previous"), "canary": state.get("canary")}
+
+    def stored_state(self) -> dict[str, Any]:
+        """The desired routing state as the store holds it (deploy/ writes it on promote and rollback)."""
+        stored = self.store.get_states(["current", "previous", "canary"])
+        return {
+            "current": (stored["current"] or {}).get("adapter"),
+            "previous": (stored["previous"] or {}).get("adapter"),
+            "canary": stored["canary"],
+        }
+
+    async def _follow_store_state(self) -> None:
+        """Every replica converges on the stored state: a promotion handled by one replica reaches all."""
+        while True:
+            await asyncio.sleep(self.settings.state_sync_seconds)
+            try:
+                wanted = await asyncio.to_thread(self.stored_state)
+                if wanted != self.state:
+                    await self.apply_state(wanted)
+                    log.info("serving state now %s", wanted)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bad adapter or a store hiccup: keep serving what we serve, try again
+                log.exception("could not apply the stored serving state")
+
+    async def check_servable(self, name: str) -> str:
+        """Everything a promotion demands before `current` may point at `name`: loaded (sha256, safetensors,
+        base model checked on load), a LoRA rank within limits, and a smoke generation. Returns its text."""
+        import json
+
+        await self.ensure_adapter(name)
+        config_path = self.registry.resolve_path(name) / "adapter_config.json"
+        rank = int(json.loads(config_path.read_text()).get("r", 0))
+        if not 0 < rank <= self.settings.max_lora_rank:
+            raise APIError(
+                409,
+                f"adapter {name} has LoRA rank {rank}; this server serves ranks 1-{self.settings.max_lora_rank}",
+                code="adapter_check_failed",
+            )
+        prompt = self.prompt_ids([{"role": "user", "content": "Hello!"}])
+        request = GenerationRequest(
+            f"smoke-{name}-{time.monotonic_ns()}", prompt, SamplingParams(max_tokens=8, temperature=0), name
+        )
+        text, tokens = "", 0
+        try:
+            async for output in self.engine.generate(request):
+                text, tokens = text + output.text, output.completion_tokens
+        except Exception as error:
+            raise APIError(
+                409, f"adapter {name} failed its smoke generation: {error}", code="adapter_check_failed"
+            ) from error
+        if tokens == 0:
+            raise APIError(409, f"adapter {name} generated nothing in its smoke test", code="adapter_check_failed")
+        return text
 
     async def route(self, model: str, user: str | None) -> Route:
         """Map a request's `model` (current, base, ft-…) to what answers it; loads adapters on first use."""

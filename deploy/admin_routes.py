@@ -1,0 +1,110 @@
+"""Admin routes of the full app (admin key): status, promote, rollback, and the canary.
+
+Each change first makes THIS replica load and check the adapter (sha256, safetensors, base model, rank,
+a smoke generation: ServingRuntime.check_servable), then records the new state in the store (one
+transaction), then switches this replica at once; every other replica follows the stored state within
+`state_sync_seconds`. Requests already running finish on the adapter they started with.
+
+    GET  /admin/status
+    POST /admin/promote        {"adapter": "ft-0004", "force": false}   immediate and full
+    POST /admin/rollback       {}                                        to previous; 409 when none
+    POST /admin/canary         {"adapter": "ft-0004", "fraction": 0.2}   a sticky share of current traffic
+    POST /admin/canary/abort   {"reason": "..."}                         the canary's adapter is rejected
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from deploy import promotion
+from deploy.status import status_object
+from serving.auth import require_admin
+from serving.errors import APIError
+from serving.runtime import ServingRuntime, get_runtime
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+ADAPTER_NAME = r"^(base|ft-\d{4,}(-[a-z0-9-]{1,40})?)$"
+
+
+class PromoteBody(BaseModel):
+    adapter: str = Field(min_length=1, max_length=128, pattern=ADAPTER_NAME)
+    force: bool = False
+    reason: str = Field("manual", max_length=500)
+
+
+class CanaryBody(PromoteBody):
+    fraction: float = Field(0.2, gt=0, le=1)
+
+
+class ReasonBody(BaseModel):
+    reason: str = Field("manual", max_length=500)
+
+
+async def _store_call(function, *args, **kwargs):
+    try:
+        return await asyncio.to_thread(function, *args, **kwargs)
+    except promotion.PromotionError as error:
+        raise APIError(error.status, str(error), code=error.code) from error
+
+
+async def _switch(runtime: ServingRuntime) -> dict:
+    """Apply the stored state on this replica now; prune old adapters' files; answer with the status."""
+    await runtime.apply_state(await asyncio.to_thread(runtime.stored_state))
+    pruned = await asyncio.to_thread(
+        promotion.prune, runtime.store, runtime.registry, keep=runtime.settings.keep_adapters
+    )
+    for name in pruned:
+        if name in runtime.engine.adapters():
+            await runtime.engine.unload_adapter(name)
+    return await _status(runtime)
+
+
+async def _status(runtime: ServingRuntime) -> dict:
+    return await asyncio.to_thread(
+        status_object, runtime.settings, runtime.store, loaded_adapters=runtime.engine.adapters()
+    )
+
+
+async def _checked(runtime: ServingRuntime, body: PromoteBody) -> None:
+    await _store_call(promotion.check_promotable, runtime.registry, body.adapter, force=body.force)
+    if body.adapter != "base":
+        await runtime.check_servable(body.adapter)
+
+
+@router.get("/status")
+async def admin_status(runtime: ServingRuntime = Depends(get_runtime)) -> dict:
+    return await _status(runtime)
+
+
+@router.post("/promote")
+async def admin_promote(body: PromoteBody, runtime: ServingRuntime = Depends(get_runtime)) -> dict:
+    await _checked(runtime, body)
+    await _store_call(
+        promotion.promote, runtime.store, runtime.registry, body.adapter, force=body.force, reason=body.reason
+    )
+    return await _switch(runtime)
+
+
+@router.post("/rollback")
+async def admin_rollback(body: ReasonBody | None = None, runtime: ServingRuntime = Depends(get_runtime)) -> dict:
+    reason = body.reason if body is not None else "manual"
+    await _store_call(promotion.rollback, runtime.store, runtime.registry, reason=reason)
+    return await _switch(runtime)
+
+
+@router.post("/canary")
+async def admin_canary(body: CanaryBody, runtime: ServingRuntime = Depends(get_runtime)) -> dict:
+    await _checked(runtime, body)
+    await _store_call(
+        promotion.start_canary, runtime.store, runtime.registry, body.adapter, body.fraction, force=body.force
+    )
+    return await _switch(runtime)
+
+
+@router.post("/canary/abort")
+async def admin_canary_abort(body: ReasonBody, runtime: ServingRuntime = Depends(get_runtime)) -> dict:
+    await _store_call(promotion.abort_canary, runtime.store, runtime.registry, reason=body.reason)
+    return await _switch(runtime)

@@ -1,0 +1,222 @@
+"""The loop: every N new ratings (or T minutes), retrain, evaluate, gate, canary, promote or roll back.
+
+    loop = ImprovementLoop(settings, url, admin_key)
+    loop.run_forever(stop_event)          # `ratchet loop` (against a running server), `ratchet up`, `demo`
+    loop.tick()                           # one look at the store: what tests and the demo drive
+
+One tick does one of:
+1) a canary runs: count its live ratings per arm (deploy/canary.py) and promote it fully, roll it back,
+   or wait;
+2) enough new ratings: pick the method the data supports, queue a fine-tuning job (the server's job
+   runner trains it as a Ray task, at a lower priority than serving), evaluate the candidate through the
+   server against `current` (eval/run.py), and when the gate passes start a canary (or promote at once
+   when `canary_fraction` is 0);
+3) nothing.
+Every decision, and every failure with the stage it happened in, is recorded (store state `loop` and
+the decision log); a failure never touches what is served. Ratings collected during a canary are
+training data for the next round like any other.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from deploy.canary import arm_counts, decide
+from deploy.promotion import record_decision
+from feedback.store import FeedbackStore
+from ratchet.settings import Settings
+
+JOB_TIMEOUT_SECONDS = 1800.0
+METHOD_MINIMUM = {"sft": 1, "dpo": 1, "kto": 2}
+
+
+class AdminClient:
+    """The admin API of a running server (promote, rollback, canary, status)."""
+
+    def __init__(self, url: str, admin_key: str, timeout: float = 120.0) -> None:
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=timeout)
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        response = self.http.request(method, path, json=body)
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except Exception:
+                message = response.text[:200]
+            raise RuntimeError(f"{method} {path}: {response.status_code} {message}")
+        return response.json()
+
+    def status(self) -> dict:
+        return self._call("GET", "/admin/status")
+
+    def promote(self, adapter: str, *, reason: str, force: bool = False) -> dict:
+        return self._call("POST", "/admin/promote", {"adapter": adapter, "reason": reason, "force": force})
+
+    def rollback(self, *, reason: str) -> dict:
+        return self._call("POST", "/admin/rollback", {"reason": reason})
+
+    def canary(self, adapter: str, fraction: float) -> dict:
+        return self._call("POST", "/admin/canary", {"adapter": adapter, "fraction": fraction})
+
+    def abort_canary(self, *, reason: str) -> dict:
+        return self._call("POST", "/admin/canary/abort", {"reason": reason})
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class ImprovementLoop:
+    def __init__(self, settings: Settings, url: str, admin_key: str) -> None:
+        from openai import OpenAI
+
+        self.settings, self.url = settings, url
+        self.store = FeedbackStore(settings.store_url)
+        self.admin = AdminClient(url, admin_key)
+        self.client = OpenAI(base_url=url + "/v1", api_key=admin_key, timeout=300, max_retries=2)
+        self.state: dict[str, Any] = self.store.get_state("loop") or {}
+        self.state.update(state="idle", promotions=self.state.get("promotions", 0), rounds=self.state.get("rounds", 0))
+        self.state.setdefault("ratings_at_last_round", 0)
+        self.state.setdefault("last_round_at", time.time())
+        self._save()
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def _save(self, **changes: Any) -> None:
+        self.state.update(changes)
+        self.store.set_state("loop", self.state)
+
+    def _decide(self, decision: dict[str, Any]) -> dict[str, Any]:
+        decision = record_decision(self.store, {"source": "loop", **decision})
+        self._save(last_decision=decision)
+        return decision
+
+    def _ratings(self) -> int:
+        return int(self.store.stats()["ratings"]["total"])
+
+    # -- one look ------------------------------------------------------------------------------
+    def tick(self) -> dict[str, Any] | None:
+        """Do what is due now; returns the decision taken (None when there was nothing to do)."""
+        stage = "status"
+        try:
+            status = self.admin.status()
+            if status.get("canary"):
+                stage = "canary"
+                return self._judge_canary(status)
+            new = self._ratings() - int(self.state["ratings_at_last_round"])
+            minutes = (time.time() - float(self.state["last_round_at"])) / 60
+            by_time = self.settings.loop_every_minutes > 0 and minutes >= self.settings.loop_every_minutes
+            if new >= self.settings.loop_every_ratings or (by_time and new > 0):
+                return self._round(status)
+            return None
+        except Exception as error:  # recorded; serving is untouched, the next tick tries again
+            return self._decide({"action": "failed", "stage": self.state.get("state", stage), "error": str(error)})
+        finally:
+            if self.state.get("state") != "canary":
+                self._save(state="idle")
+
+    def _judge_canary(self, status: dict[str, Any]) -> dict[str, Any] | None:
+        canary = status["canary"]
+        self._save(state="canary")
+        verdict = decide(arm_counts(self.store, canary), self.settings)
+        if verdict["action"] == "wait":
+            self._save(canary_stats=verdict["stats"])
+            return None
+        adapter = canary["adapter"]
+        if verdict["action"] == "promote":
+            self.admin.promote(adapter, reason=f"canary: {verdict['reason']}")
+            self._save(state="idle", promotions=int(self.state["promotions"]) + 1)
+        else:
+            self.admin.abort_canary(reason=f"canary: {verdict['reason']}")
+            self._save(state="idle")
+        return self._decide(
+            {"action": verdict["action"], "adapter": adapter, "reason": verdict["reason"], "stats": verdict["stats"]}
+        )
+
+    def _round(self, status: dict[str, Any]) -> dict[str, Any]:
+        from eval.run import run_evaluation
+
+        current = status.get("current") or "base"
+        ratings = self._ratings()
+        self._save(
+            state="training",
+            ratings_at_last_round=ratings,
+            last_round_at=time.time(),
+            rounds=int(self.state["rounds"]) + 1,
+        )
+        # 1) train on everything users said so far
+        method = self.pick_method()
+        adapter = self._train(method, parent=current if method == "sft" else "base")
+        # 2) evaluate through the server against what is served, and gate
+        self._save(state="evaluating", candidate=adapter)
+        outcome = run_evaluation(
+            self.settings, self.store, self.client, adapter, current, seed=int(self.state["rounds"])
+        )
+        base = {
+            "adapter": adapter,
+            "method": method,
+            "against": current,
+            "ratings": ratings,
+            "eval_id": outcome.id,
+            "reasons": outcome.decision.reasons,
+            "report": str(outcome.report),
+        }
+        if outcome.decision.verdict != "promote":
+            return self._decide({"action": "reject", **base})
+        # 3) a passing candidate goes live: first as a canary, or at once
+        if self.settings.canary_fraction > 0:
+            self.admin.canary(adapter, self.settings.canary_fraction)
+            self._save(state="canary")
+            return self._decide({"action": "canary", "fraction": self.settings.canary_fraction, **base})
+        self.admin.promote(adapter, reason="the offline gate passed")
+        self._save(promotions=int(self.state["promotions"]) + 1)
+        return self._decide({"action": "promote", **base})
+
+    def pick_method(self) -> str:
+        """The configured method, or (auto) filtered SFT when there are good answers, else DPO, else KTO."""
+        if self.settings.loop_method != "auto":
+            return self.settings.loop_method
+        from feedback.datasets import build
+
+        for method in ("sft", "dpo", "kto"):
+            if len(build(self.store.engine, method).train) >= METHOD_MINIMUM[method]:
+                return method
+        raise RuntimeError("no usable training data yet: no good answers, pairs or thumbs")
+
+    def _train(self, method: str, *, parent: str) -> str:
+        from retrain.jobs import FINISHED, create_job, get_job
+
+        job = create_job(
+            self.store,
+            self.settings,
+            method=method,
+            model=parent,
+            suffix="loop",
+            hyperparameters={"epochs": self.settings.loop_epochs, "learning_rate": self.settings.loop_learning_rate},
+            seed=int(self.state["rounds"]),
+        )
+        self._save(job=job.id)
+        deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
+        while job.status not in FINISHED:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fine-tuning job {job.id} did not finish in {JOB_TIMEOUT_SECONDS:.0f} s")
+            time.sleep(0.5)
+            job = get_job(self.store, job.id)
+        if job.status != "succeeded":
+            reason = (job.error or {}).get("message", job.status)
+            raise RuntimeError(f"fine-tuning job {job.id} {job.status}: {reason}")
+        return job.fine_tuned_model
+
+    # -- running ---------------------------------------------------------------------------------
+    def run_forever(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.tick()
+            stop.wait(self.settings.loop_poll_seconds)
+        self._save(state="stopped")
+
+    def close(self) -> None:
+        self.admin.close()
+        self.client.close()
+        self.store.close()

@@ -1,0 +1,159 @@
+"""Who serves: promotion, rollback and the canary, as changes of the desired state in the store.
+
+The store holds the routing state (`current`, `previous`, `canary`; written in one transaction) and every
+decision (`decisions`, newest last). Replicas follow the stored state (serving/runtime.py), and a
+restarted server comes back serving it. The functions here only plan and record; the admin routes
+(deploy/admin_routes.py) first make their replica load and check the adapter, then call them, and the
+CLI calls them directly when no server runs.
+
+    promote(store, registry, "ft-0004")        current -> ft-0004, previous -> the old current
+    rollback(store, registry)                  current -> previous (409 when there is none)
+    start_canary(store, registry, "ft-0004", 0.2)
+    end_canary(store, registry, "rollback", decision)
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any
+
+from feedback.registry import AdapterRegistry, UnknownAdapter
+from feedback.store import FeedbackStore
+
+MAX_DECISIONS = 50
+
+
+class PromotionError(Exception):
+    """A refused change; `status` and `code` are what the HTTP API answers."""
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def routing(store: FeedbackStore) -> dict[str, Any]:
+    stored = store.get_states(["current", "previous", "canary"])
+    return {
+        "current": (stored["current"] or {}).get("adapter"),
+        "previous": (stored["previous"] or {}).get("adapter"),
+        "canary": stored["canary"],
+    }
+
+
+def check_promotable(registry: AdapterRegistry, adapter: str, *, force: bool = False) -> None:
+    """404 for a name the registry lacks, 409 for a rejected or retired adapter (unless forced)."""
+    if adapter == "base":
+        return
+    try:
+        record = registry.get(adapter)
+    except UnknownAdapter as error:
+        raise PromotionError(404, str(error), "model_not_found") from error
+    if record.status == "retired":
+        raise PromotionError(409, f"adapter {adapter} is retired: its files were pruned; retrain it", "adapter_retired")
+    if record.status == "rejected" and not force:
+        reasons = "; ".join((record.decision or {}).get("reasons", [])[:3]) or "see `ratchet adapters`"
+        raise PromotionError(
+            409, f"adapter {adapter} was rejected ({reasons}): pass force to promote it anyway", "adapter_rejected"
+        )
+
+
+def record_decision(store: FeedbackStore, decision: dict[str, Any]) -> dict[str, Any]:
+    decision = {"at": time.time(), **decision}
+    items = (store.get_state("decisions") or {}).get("items", [])
+    store.set_state("decisions", {"items": [*items, decision][-MAX_DECISIONS:]})
+    return decision
+
+
+def decisions(store: FeedbackStore) -> list[dict[str, Any]]:
+    return (store.get_state("decisions") or {}).get("items", [])
+
+
+def _set_status(registry: AdapterRegistry, name: str | None, status: str, decision: dict | None = None) -> None:
+    if name and name != "base":
+        registry.set_status(name, status, decision)
+
+
+def promote(
+    store: FeedbackStore, registry: AdapterRegistry, adapter: str, *, force: bool = False, reason: str = "manual"
+) -> dict[str, Any]:
+    """Make `adapter` current at once and for everyone; the old current becomes previous."""
+    check_promotable(registry, adapter, force=force)
+    state = routing(store)
+    old_current, old_previous = state["current"], state["previous"]
+    if old_current == adapter:
+        return state
+    previous = old_current or "base"
+    canary = state["canary"] if state["canary"] and state["canary"].get("adapter") != adapter else None
+    store.set_states(
+        {
+            "current": {"adapter": adapter, "since": time.time()},
+            "previous": {"adapter": previous},
+            "canary": canary,
+        }
+    )
+    if old_previous not in (adapter, previous):
+        _set_status(registry, old_previous, "superseded")
+    _set_status(registry, previous, "previous")
+    _set_status(registry, adapter, "current")
+    record_decision(store, {"action": "promote", "adapter": adapter, "from": old_current, "reason": reason})
+    return routing(store)
+
+
+def rollback(store: FeedbackStore, registry: AdapterRegistry, *, reason: str = "manual") -> dict[str, Any]:
+    """Serve `previous` again; the rolled-back adapter is marked rejected. 409 when there is no previous."""
+    state = routing(store)
+    if not state["previous"]:
+        raise PromotionError(409, "there is no previous adapter to roll back to", "no_previous")
+    bad, back = state["current"], state["previous"]
+    store.set_states({"current": {"adapter": back, "since": time.time()}, "previous": None})
+    decision = {"action": "rollback", "adapter": bad, "to": back, "reason": reason}
+    _set_status(registry, bad, "rejected", {"verdict": "rollback", "reasons": [reason]})
+    _set_status(registry, back, "current")
+    record_decision(store, decision)
+    return routing(store)
+
+
+def start_canary(
+    store: FeedbackStore, registry: AdapterRegistry, adapter: str, fraction: float, *, force: bool = False
+) -> dict[str, Any]:
+    """Let `adapter` answer a sticky `fraction` of `current` traffic (users hashed to arms)."""
+    if not 0 < fraction <= 1:
+        raise PromotionError(400, f"fraction must be in (0, 1], got {fraction}", "invalid_fraction")
+    check_promotable(registry, adapter, force=force)
+    state = routing(store)
+    if adapter == state["current"]:
+        raise PromotionError(409, f"{adapter} is already current", "already_current")
+    if state["canary"] and state["canary"].get("adapter") not in (None, adapter):
+        raise PromotionError(409, f"{state['canary']['adapter']} is already in canary: end it first", "canary_running")
+    store.set_states({"canary": {"adapter": adapter, "fraction": fraction, "started": time.time()}})
+    _set_status(registry, adapter, "canary")
+    record_decision(store, {"action": "canary", "adapter": adapter, "fraction": fraction})
+    return routing(store)
+
+
+def abort_canary(store: FeedbackStore, registry: AdapterRegistry, *, reason: str) -> dict[str, Any]:
+    """Stop the canary and mark its adapter rejected (the live numbers turned against it)."""
+    canary = routing(store)["canary"]
+    if not canary:
+        raise PromotionError(409, "no canary is running", "no_canary")
+    store.set_states({"canary": None})
+    _set_status(registry, canary["adapter"], "rejected", {"verdict": "rollback", "reasons": [reason]})
+    record_decision(store, {"action": "rollback", "adapter": canary["adapter"], "reason": reason})
+    return routing(store)
+
+
+def prune(store: FeedbackStore, registry: AdapterRegistry, *, keep: int) -> list[str]:
+    """Delete the files of adapters outside current, previous, canary and the newest `keep`; records stay."""
+    state = routing(store)
+    protected = {state["current"], state["previous"], (state["canary"] or {}).get("adapter")}
+    records = sorted(registry.list(), key=lambda a: a.number, reverse=True)
+    protected |= {a.name for a in records[:keep]}
+    pruned = []
+    for record in records:
+        if record.name in protected or record.status == "retired":
+            continue
+        shutil.rmtree(registry.resolve_path(record.name), ignore_errors=True)
+        registry.set_status(record.name, "retired")
+        pruned.append(record.name)
+    return pruned

@@ -1,0 +1,34 @@
+"""The status object (DESIGN.md): what `GET /admin/status` and `ratchet status --json` both return.
+
+{"current", "previous", "canary": null | {"adapter", "fraction", "started", "ratings": {arm: {up, n}}},
+ "engine", "base_model", "loop": {"state", "last_decision", ...}, "counts": {... as data stats ...},
+ "decisions": [the last ten, newest last]}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deploy.canary import arm_counts
+from deploy.promotion import decisions, routing
+from feedback.store import FeedbackStore
+from ratchet.settings import Settings
+
+
+def status_object(settings: Settings, store: FeedbackStore, **live: Any) -> dict[str, Any]:
+    state = routing(store)
+    canary = state["canary"]
+    if canary:
+        canary = {**canary, "ratings": arm_counts(store, canary)}
+    loop = store.get_state("loop") or {"state": "stopped", "last_decision": None}
+    return {
+        "current": state["current"],
+        "previous": state["previous"],
+        "canary": canary,
+        "engine": settings.engine,
+        "base_model": settings.base_model_id,
+        "loop": loop,
+        "counts": store.stats(),
+        "decisions": decisions(store)[-10:],
+        **live,
+    }

@@ -1,0 +1,111 @@
+"""The promotion gate: a policy (data, with its reasons) that turns an offline evaluation into a verdict.
+
+    decision = PromotionGate(GatePolicy()).decide(evaluation.metrics)
+    decision.verdict   # "promote" | "reject"
+    decision.reasons   # one line per check, passed or failed, for the report and the registry
+
+Every check must pass to promote. A missing measurement fails its check: a gate that cannot see a
+number does not wave the candidate through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class GatePolicy(BaseModel):
+    """What a candidate must show, offline, before it may take any live traffic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_pairs: int = Field(20, ge=1, description="Judged answer pairs needed (ties excluded) before deciding.")
+    min_win_rate_low: float = Field(
+        0.5, ge=0, lt=1, description="The 95 % lower bound of the candidate's win-rate must exceed this."
+    )
+    max_regressions: int = Field(
+        0, ge=0, description="Regression cases the baseline passes and the candidate fails that are tolerated."
+    )
+    quality_tolerance: float = Field(
+        0.05, ge=0, le=1, description="How far the share of well-formed answers may fall below the baseline's."
+    )
+    loss_tolerance: float = Field(
+        0.10, ge=0, description="How much the held-out loss may rise (relative: 0.10 = 10 %) over the start."
+    )
+
+
+@dataclass
+class Decision:
+    verdict: str  # promote / reject
+    reasons: list[str] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "reasons": self.reasons, "checks": self.checks}
+
+
+class PromotionGate:
+    def __init__(self, policy: GatePolicy | None = None) -> None:
+        self.policy = policy or GatePolicy()
+
+    def decide(self, metrics: dict[str, Any]) -> Decision:
+        checks = [self._win_rate(metrics), self._regressions(metrics), self._quality(metrics), self._loss(metrics)]
+        passed = all(check["passed"] for check in checks)
+        reasons = [("ok: " if c["passed"] else "FAILED: ") + c["detail"] for c in checks]
+        return Decision("promote" if passed else "reject", reasons, checks)
+
+    # -- checks ----------------------------------------------------------------------------------
+    def _win_rate(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        win = metrics.get("win_rate")
+        if not win:
+            return _check("win_rate", False, "no pairwise win-rate was measured")
+        n, low, estimate = int(win["n"]), float(win["low"]), float(win["estimate"])
+        if n < self.policy.min_pairs:
+            return _check("win_rate", False, f"only {n} judged pairs, {self.policy.min_pairs} needed")
+        ok = low > self.policy.min_win_rate_low
+        relation = ">" if ok else "<="
+        detail = (
+            f"win-rate {estimate:.0%} over n={n} pairs, 95 % CI lower bound {low:.2f} {relation} "
+            f"{self.policy.min_win_rate_low:.2f}"
+        )
+        return _check("win_rate", ok, detail)
+
+    def _regressions(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        suite = metrics.get("regression")
+        if suite is None:
+            return _check("regression", False, "the regression suite did not run")
+        failed = suite.get("regressions", [])
+        ok = len(failed) <= self.policy.max_regressions
+        detail = (
+            f"regression suite: {suite['candidate_passed']}/{suite['cases']} passed (baseline "
+            f"{suite['baseline_passed']}), {len(failed)} newly failing (at most {self.policy.max_regressions})"
+        )
+        return _check("regression", ok, detail)
+
+    def _quality(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        quality = metrics.get("quality")
+        if not quality or not quality.get("n"):
+            return _check("quality", False, "answer quality was not measured (no checkable prompts)")
+        candidate, baseline = float(quality["candidate"]), float(quality["baseline"])
+        ok = candidate >= baseline - self.policy.quality_tolerance
+        detail = (
+            f"well-formed answers {candidate:.0%} vs baseline {baseline:.0%} "
+            f"(may fall {self.policy.quality_tolerance:.0%} at most), n={quality['n']}"
+        )
+        return _check("quality", ok, detail)
+
+    def _loss(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        loss = metrics.get("heldout_loss") or {}
+        before, after = loss.get("before"), loss.get("after")
+        if before is None or after is None:
+            # no held-out split (tiny data sets hold none out): the other checks carry the decision
+            return _check("heldout_loss", True, "no held-out loss (the training set held no rows out)")
+        limit = before * (1 + self.policy.loss_tolerance)
+        ok = after <= limit
+        return _check("heldout_loss", ok, f"held-out loss {before:.3f} -> {after:.3f} (limit {limit:.3f})")
+
+
+def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
+    return {"name": name, "passed": passed, "detail": detail}
