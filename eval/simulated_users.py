@@ -2,10 +2,11 @@
 a hidden preference, so the loop can be watched learning with no human in it.
 
 The preference is one answer style of the demo corpus (`tldr` by default): a user rates an answer up
-when it is written in that style, down otherwise, and flips the thumb with probability `noise`. Like a
-careless real user, it judges the style only, not whether the text is well-formed: keeping quality up
-is the gate's job. With probability `compare_rate` a user asks twice and also says which answer it
-prefers (`POST /v1/comparisons`).
+when it is written in that style, down otherwise, and flips the thumb with probability `noise`. A
+careful user (the default) also rates garbled text down, as a person would; a loose one (`careful=False`)
+judges the style marker only and upvotes garbled text that happens to carry it: the reward-hacking
+stress test, where keeping quality up is left to the gate. With probability `compare_rate` a user asks
+twice and also says which answer it prefers (`POST /v1/comparisons`).
 
 The hidden preference MEASURES (`measure`: the share of fresh answers to held-out prompts in the target
 style, and the share that is well-formed); it never reaches the loop's decisions except through the
@@ -42,6 +43,7 @@ class SimulatedUsers:
     users: int = 20
     target_style: str = corpus.TARGET_STYLE
     noise: float = 0.0
+    careful: bool = True
     compare_rate: float = 0.1
     temperature: float = 1.0
     concurrency: int = 4
@@ -63,7 +65,8 @@ class SimulatedUsers:
 
     # -- the hidden preference ---------------------------------------------------------------------
     def likes(self, prompt: str, answer: str) -> bool:
-        return corpus.classify_style(answer, corpus.topic_of(prompt)) == self.target_style
+        in_style = corpus.classify_style(answer, corpus.topic_of(prompt)) == self.target_style
+        return in_style and (not self.careful or corpus.is_well_formed(prompt, answer))
 
     # -- chatting and rating -----------------------------------------------------------------------
     def _draw(self) -> tuple[str, str, int, bool, float]:
@@ -127,7 +130,8 @@ class SimulatedUsers:
 
     # -- measuring -------------------------------------------------------------------------------
     def measure(self, model: str, samples: int = 100, *, seed: int = 12345) -> dict[str, float]:
-        """Preference and quality of `model` on fresh answers to held-out prompts (nothing is rated)."""
+        """Preference (the share in the target style) and quality (the share well-formed) of `model` on fresh
+        answers to held-out prompts; nothing is rated."""
         prompts = corpus.heldout_prompts()
         rng = random.Random(seed)
         picks = [rng.choice(prompts) for _ in range(samples)]
@@ -143,7 +147,8 @@ class SimulatedUsers:
                 user="ratchet-measure",
             )
             answer = response.choices[0].message.content or ""
-            return self.likes(prompt, answer), corpus.is_well_formed(prompt, answer)
+            style = corpus.classify_style(answer, corpus.topic_of(prompt)) == self.target_style
+            return style, corpus.is_well_formed(prompt, answer)
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             results = list(pool.map(sample, enumerate(picks)))

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     num_cpus: float = Field(2.0, gt=0, description="CPUs for the local Ray cluster that `ratchet serve` starts.")
     replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each serving replica.")
     replicas: int = Field(1, ge=1, description="Serving replicas.")
+    access_log: bool = Field(
+        True, description="Log one line per HTTP request from each replica (Ray Serve's access log)."
+    )
     api_keys: str = Field(
         "", description="Comma-separated API keys to seed the key table with (chat, feedback, files, fine-tuning)."
     )

@@ -112,6 +112,7 @@ def serve_config(
                         "ray_actor_options": {"num_cpus": settings.replica_cpus},
                         "user_config": {"state": state or {}},
                         "health_check_period_s": 10,
+                        "logging_config": {"enable_access_log": settings.access_log},
                         "graceful_shutdown_timeout_s": 20,
                     }
                 ],

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import pytest
+from conftest import register_test_adapter
 
 from deploy import promotion
 from deploy.canary import arm_counts, decide
@@ -14,7 +15,6 @@ from feedback.models import Completion
 from feedback.registry import AdapterRegistry
 from feedback.store import FeedbackStore
 from ratchet.settings import Settings
-from conftest import register_test_adapter
 
 
 @pytest.fixture
@@ -83,8 +83,15 @@ def test_prune_keeps_what_serves_and_the_newest(workspace):
 
 def _rated(store: FeedbackStore, route: str, adapter: str, ups: int, downs: int) -> None:
     rows = [
-        Completion(id=f"chatcmpl-{route}-{i}", model="current", adapter=adapter, base_model="demo", route=route,
-                   messages=[{"role": "user", "content": "hi"}], choices=[{"index": 0, "text": "x"}])
+        Completion(
+            id=f"chatcmpl-{route}-{i}",
+            model="current",
+            adapter=adapter,
+            base_model="demo",
+            route=route,
+            messages=[{"role": "user", "content": "hi"}],
+            choices=[{"index": 0, "text": "x"}],
+        )
         for i in range(ups + downs)
     ]
     store.record_completions(rows)

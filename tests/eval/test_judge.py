@@ -20,7 +20,10 @@ def _log(store: FeedbackStore, n: int, seed: int, liked_style: str) -> None:
         style = rng.choice(corpus.STYLES)
         rows.append(
             Completion(
-                id=f"chatcmpl-{seed}-{i}", model="current", adapter="base", base_model="demo",
+                id=f"chatcmpl-{seed}-{i}",
+                model="current",
+                adapter="base",
+                base_model="demo",
                 messages=[{"role": "user", "content": rng.choice(corpus.prompts(topic))}],
                 choices=[{"index": 0, "text": corpus.canonical_answer(topic, style), "finish_reason": "stop"}],
             )

@@ -19,7 +19,10 @@ def test_checks_any_of_regex_contains():
 
 def test_bad_cases_are_line_exact(tmp_path):
     (tmp_path / "a.jsonl").write_text(
-        json.dumps({"prompt": "ok", "any_of": ["x"]}) + "\n" + json.dumps({"prompt": "two", "any_of": ["x"], "regex": "y"}) + "\n"
+        json.dumps({"prompt": "ok", "any_of": ["x"]})
+        + "\n"
+        + json.dumps({"prompt": "two", "any_of": ["x"], "regex": "y"})
+        + "\n"
     )
     with pytest.raises(SuiteError, match=r"a\.jsonl:2: a case needs exactly one of"):
         load_suite(tmp_path)

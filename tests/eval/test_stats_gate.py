@@ -33,8 +33,12 @@ def metrics(*, wins=30, losses=5, regressions=(), quality=(0.95, 0.95), loss=(1.
     win = wilson(wins, wins + losses).as_dict()
     return {
         "win_rate": {**win, "wins": wins, "losses": losses, "ties": 0},
-        "regression": {"cases": 10, "candidate_passed": 10 - len(regressions), "baseline_passed": 10,
-                       "regressions": list(regressions)},
+        "regression": {
+            "cases": 10,
+            "candidate_passed": 10 - len(regressions),
+            "baseline_passed": 10,
+            "regressions": list(regressions),
+        },
         "quality": {"candidate": quality[0], "baseline": quality[1], "n": 40},
         "heldout_loss": {"before": loss[0], "after": loss[1]},
     }
