@@ -31,3 +31,27 @@ def test_generated_config_carries_settings_state_and_limits(tmp_path):
     assert schema.http_options.port == 8123
     args = schema.applications[0].args
     assert args["routers"] == ["x.y:router"] and args["settings"]["home"] == str(tmp_path.resolve())
+
+
+def test_shipped_configs_mount_the_full_apps_routers():
+    from deploy.server import EXTRA_ROUTERS
+
+    shipped = yaml.safe_load((ROOT / "deploy" / "serve_config.yaml").read_text())
+    assert shipped["applications"][0]["args"]["routers"] == EXTRA_ROUTERS
+
+
+def test_kuberay_rayservice_embeds_a_valid_serve_config():
+    manifest = yaml.safe_load((ROOT / "deploy" / "rayservice.yaml").read_text())
+    assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayService"
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(manifest["spec"]["serveConfigV2"]))
+    app = schema.applications[0]
+    assert app.import_path == "serving.deployment:build" and app.deployments[0].name == DEPLOYMENT_NAME
+    assert app.deployments[0].ray_actor_options.num_gpus == 1
+    from deploy.server import EXTRA_ROUTERS
+
+    assert app.args["routers"] == EXTRA_ROUTERS
+    cluster = manifest["spec"]["rayClusterConfig"]
+    env = {e["name"] for e in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    assert {"RATCHET_HOME", "RATCHET_DATABASE_URL"} <= env  # Postgres across nodes, one shared workspace
+    worker = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"

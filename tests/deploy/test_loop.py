@@ -1,0 +1,140 @@
+"""The loop on the real served app: a planted worse adapter is rejected by the gate and never serves;
+live ratings turning against a canary roll it back; simulated users teach the model their preference.
+
+All share the session's server (its job runner trains the loop's jobs as Ray tasks), so each test leaves
+`current` on the base model and no canary behind.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from conftest import register_test_adapter
+from openai import OpenAI
+from scipy import stats
+
+from deploy.loop import ImprovementLoop
+from eval.simulated_users import SimulatedUsers
+from feedback.registry import AdapterRegistry
+from feedback.store import FeedbackStore
+from retrain.demo import corpus
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture
+def admin(server):
+    client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=120)
+    yield client
+    status = client.get("/admin/status").json()
+    if status["canary"]:
+        client.post("/admin/canary/abort", json={"reason": "test cleanup"})
+    if status["current"] not in (None, "base"):
+        client.post("/admin/promote", json={"adapter": "base", "reason": "test cleanup", "force": True})
+    client.close()
+
+
+@pytest.fixture
+def users(server):
+    crowd = SimulatedUsers(server.url, server.admin_key, seed=5)
+    yield crowd
+    crowd.close()
+
+
+def test_a_planted_worse_adapter_is_rejected_and_never_serves(server, admin, users):
+    from eval.run import run_evaluation
+    from retrain.finetune import TrainingData, fine_tune
+    from retrain.hyperparams import Resources, TrainConfig
+
+    settings = server.settings
+    users.run(40)  # real ratings through the API: the judge learns from these
+    # an adapter trained toward the style these users do not like
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": p},
+                {"role": "assistant", "content": corpus.canonical_answer(t, "formal")},
+            ]
+        }
+        for t in corpus.TOPICS
+        for p in corpus.prompts(t)[:2]
+    ]
+    config = TrainConfig.default("sft").with_overrides({"epochs": 4, "learning_rate": 5e-3})
+    config = config.model_copy(update={"resources": Resources(device="cpu", torch_threads=1)})
+    data = TrainingData("sft", rows, [], {"source": "test", "counts": {"train": len(rows)}})
+    record, _ = fine_tune(settings, "sft", data, config, suffix="worse", progress=False)
+    client = OpenAI(base_url=server.url + "/v1", api_key=server.admin_key, max_retries=0, timeout=300)
+    with FeedbackStore(settings.store_url) as store:
+        outcome = run_evaluation(settings, store, client, record.name, "base")
+        status = AdapterRegistry(store, settings.adapters_dir).get(record.name).status
+    assert outcome.decision.verdict == "reject", outcome.decision.reasons
+    assert outcome.evaluation.metrics["win_rate"]["estimate"] < 0.5
+    assert status == "rejected" and outcome.report.is_file()
+    assert (outcome.report.parent / "report.html").is_file() and (outcome.report.parent / "win_rate.png").is_file()
+    refused = admin.post("/admin/promote", json={"adapter": record.name})
+    assert refused.status_code == 409
+    assert admin.get("/admin/status").json()["current"] in (None, "base")
+
+
+def test_live_ratings_turning_against_a_canary_roll_it_back(server, admin):
+    adapter = register_test_adapter(server.settings, seed=21)
+    reply = admin.post("/admin/canary", json={"adapter": adapter, "fraction": 0.5})
+    assert reply.status_code == 200, reply.text
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    for i in range(40):  # users of the canary arm hate it, those of the current arm are happy
+        user = f"canary-user-{i}"
+        answer = client.chat.completions.create(
+            model="current", messages=[{"role": "user", "content": server.prompt}], max_tokens=16, user=user
+        )
+        thumb = -1 if answer.model == adapter else 1
+        assert (
+            admin.post("/v1/feedback", json={"completion_id": answer.id, "rating": thumb, "user": user}).status_code
+            == 201
+        )
+    settings = server.settings.model_copy(update={"canary_min_ratings": 8})
+    loop = ImprovementLoop(settings, server.url, server.admin_key)
+    try:
+        decision = loop.tick()
+    finally:
+        loop.close()
+    assert decision is not None and decision["action"] == "rollback", decision
+    status = admin.get("/admin/status").json()
+    assert status["canary"] is None
+    assert status["decisions"][-1]["action"] == "rollback"
+    with FeedbackStore(server.settings.store_url) as store:
+        assert AdapterRegistry(store, server.settings.adapters_dir).get(adapter).status == "rejected"
+
+
+def test_simulated_users_teach_the_loop_their_preference(server, admin, users):
+    settings = server.settings.model_copy(
+        update={
+            "loop_every_ratings": 30,
+            "canary_fraction": 0.0,
+            "gate_min_pairs": 10,
+            "eval_samples": 4,
+            "eval_prompts": 30,
+        }
+    )
+    current = admin.get("/admin/status").json()["current"] or "base"
+    before = users.measure(current, 80)
+    loop = ImprovementLoop(settings, server.url, server.admin_key)
+    decisions = []
+    try:
+        for _ in range(8):  # at most 240 ratings
+            users.run(30)
+            decision = loop.tick()
+            decisions.append(decision)
+            if loop.state["promotions"] >= 2:
+                break
+    finally:
+        loop.close()
+    promoted = [d for d in decisions if d and d["action"] == "promote"]
+    assert promoted, [d and (d["action"], d.get("reasons") or d.get("error")) for d in decisions]
+    status = admin.get("/admin/status").json()
+    after = users.measure(status["current"], 80)
+    table = [
+        [round(after["preference"] * 80), 80 - round(after["preference"] * 80)],
+        [round(before["preference"] * 80), 80 - round(before["preference"] * 80)],
+    ]
+    assert stats.fisher_exact(table, alternative="greater").pvalue < 0.05, (before, after)
+    assert after["quality"] >= before["quality"] - 0.15, (before, after)
