@@ -15,7 +15,8 @@ from feedback.store import FeedbackStore
 from ratchet.settings import Settings
 
 # Routers later packages add to the app, by import path (imported inside each replica).
-EXTRA_ROUTERS: list[str] = []
+EXTRA_ROUTERS: list[str] = ["retrain.api:router"]
+_runner = None  # the fine-tuning JobRunner of this driver process, while start() has one running
 
 
 def persisted_state(settings: Settings) -> dict:
@@ -43,12 +44,31 @@ def start(settings: Settings) -> str:
         store.set_state("server", {"url": url, "started": time.time()})
     finally:
         store.close()
+    _start_job_runner(settings)
     return url
 
 
+def _start_job_runner(settings: Settings) -> None:
+    """Fail what a restart interrupted, then train queued jobs one at a time as Ray tasks (nice 10, one
+    thread), from this driver process; the replicas only record jobs (retrain/api_jobs.py)."""
+    global _runner
+    from pathlib import Path
+
+    from retrain.jobs import JobRunner
+
+    if _runner is None:
+        # an absolute workspace: the Ray workers that train need not share this process's cwd
+        _runner = JobRunner(settings.model_copy(update={"home": Path(settings.home).resolve()}))
+        _runner.start()
+
+
 def stop(settings: Settings) -> None:
+    global _runner
     from serving import deployment
 
+    if _runner is not None:
+        _runner.stop()  # a job still training is cancelled (it stops at its next step)
+        _runner = None
     store = FeedbackStore(settings.store_url)
     try:
         store.set_state("server", None)
