@@ -560,6 +560,27 @@ def _train(
     print(record.name)
 
 
+@train_app.command("cancel")
+def train_cancel(
+    job_id: Annotated[str, typer.Argument(help="Fine-tuning job id (ftjob-…).")], home: Home = None
+) -> None:
+    """Cancel a fine-tuning job: a queued one at once, a running one at its next training step."""
+    from retrain.jobs import cancel_job, get_job
+
+    store = open_store(settings_for(home))
+    try:
+        job = get_job(store, job_id)  # LookupError names the unknown id
+        if job.status in ("succeeded", "failed"):
+            raise CliError(f"job {job_id} has already {job.status}: there is nothing to cancel")
+        was = job.status
+        job = cancel_job(store, job_id)
+    finally:
+        store.close()
+    note = " (it stops at its next training step)" if was == "running" else ""
+    err.print(f"{job.id}: {job.status}{note}")
+    print(job.id)
+
+
 @app.command("eval")
 def evaluate(candidate: Annotated[str, typer.Argument(help="Adapter to evaluate.")], home: Home = None) -> None:
     """Evaluate a candidate adapter against the current one."""
