@@ -67,7 +67,7 @@ def stop(settings: Settings) -> None:
     from serving import deployment
 
     if _runner is not None:
-        _runner.stop()  # a job still training is cancelled (it stops at its next step)
+        _runner.stop()  # a job still training is killed after the runner's grace (30 s) and marked cancelled
         _runner = None
     store = FeedbackStore(settings.store_url)
     try:
