@@ -168,3 +168,45 @@ def test_chat_answers_in_process_with_the_demo_model(workspace):
     result = run("chat", prompt, "--home", str(home), env=env)
     assert result.returncode == 0, result.stderr
     assert corpus.is_well_formed(prompt, result.stdout.strip()), result.stdout
+
+
+def test_promote_and_rollback_without_a_server_change_the_stored_state(workspace):
+    from conftest import register_test_adapter
+
+    from ratchet.settings import Settings
+
+    home, env = workspace
+    name = register_test_adapter(Settings(home=home, base_model=env["RATCHET_BASE_MODEL"]))
+    promoted = run("promote", name, "--home", str(home), env=env)
+    assert promoted.returncode == 0, promoted.stderr
+    assert f"current is now {name}" in promoted.stderr and "via store" in promoted.stderr
+    status = json.loads(run("status", "--json", "--home", str(home), env=env).stdout)
+    assert (status["current"], status["previous"]) == (name, "base")
+    assert status["decisions"][-1]["action"] == "promote"
+    back = run("rollback", "--home", str(home), env=env)
+    assert back.returncode == 0 and "current is now base" in back.stderr
+    again = run("rollback", "--home", str(home), env=env)
+    assert again.returncode == 1 and again.stderr == "ratchet: there is no previous adapter to roll back to\n"
+    unknown = run("promote", "ft-9999", "--home", str(home), env=env)
+    assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1 and "ft-9999" in unknown.stderr
+
+
+def test_commands_that_need_a_server_say_so_in_one_line(workspace):
+    home, env = workspace
+    for command in (["eval", "ft-0001"], ["loop"], ["simulate", "--ratings", "1"]):
+        result = run(*command, "--home", str(home), env=env)
+        assert result.returncode == 1, command
+        assert result.stderr.startswith("ratchet: no ratchet server answers") and result.stderr.count("\n") == 1
+
+
+def test_demo_summary_line_has_the_contract_format():
+    import re
+
+    from deploy.demo import DemoResult
+
+    result = DemoResult({"preference": 0.14, "quality": 0.91}, {"preference": 0.857, "quality": 0.89}, 240, 2, 372.4)
+    line = result.summary()
+    assert line == "preference: 14% -> 86% after 240 ratings, quality 91% -> 89%, 2 promotions, 6m12s"
+    assert re.fullmatch(
+        r"preference: \d+% -> \d+% after \d+ ratings, quality \d+% -> \d+%, \d+ promotions, \d+m\d+s", line
+    )
