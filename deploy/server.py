@@ -15,7 +15,7 @@ from feedback.store import FeedbackStore
 from ratchet.settings import Settings
 
 # Routers later packages add to the app, by import path (imported inside each replica).
-EXTRA_ROUTERS: list[str] = ["retrain.api:router"]
+EXTRA_ROUTERS: list[str] = ["retrain.api:router", "deploy.admin_routes:router"]
 _runner = None  # the fine-tuning JobRunner of this driver process, while start() has one running
 
 
@@ -77,8 +77,9 @@ def stop(settings: Settings) -> None:
     deployment.shutdown()
 
 
-def serve_forever(settings: Settings, *, progress=None) -> None:
-    from deploy.workspace import init_workspace
+def serve_forever(settings: Settings, *, progress=None, with_loop: bool = False) -> None:
+    """`ratchet serve` (and with the loop, `ratchet up`): serve until Ctrl-C or SIGTERM, then drain."""
+    from deploy.workspace import init_workspace, read_admin_key
 
     say = progress.print if progress is not None else print
     init_workspace(settings)
@@ -88,8 +89,18 @@ def serve_forever(settings: Settings, *, progress=None) -> None:
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
+    loop_thread = None
+    if with_loop:
+        from deploy.loop import ImprovementLoop
+
+        improvement = ImprovementLoop(settings, url, read_admin_key(settings))
+        loop_thread = threading.Thread(target=improvement.run_forever, args=(stopped,), name="ratchet-loop")
+        loop_thread.start()
+        say(f"the loop retrains every {settings.loop_every_ratings} new ratings; `ratchet status` shows it")
     try:
         stopped.wait()
     finally:
         say("draining and shutting down ...")
+        if loop_thread is not None:
+            loop_thread.join(timeout=30)
         stop(settings)

@@ -301,28 +301,24 @@ def adapters(home: Home = None, as_json: AsJson = False) -> None:
 
 @app.command()
 def status(home: Home = None, as_json: AsJson = False) -> None:
-    """What is being served and what the store holds (from the store; a running server adds live numbers)."""
+    """What is being served and what the store holds (live through the admin API when a server runs)."""
+    from deploy.control import status as current_status
+
     settings = settings_for(home)
     store = open_store(settings)
     try:
-        state = {
-            "current": (store.get_state("current") or {}).get("adapter"),
-            "previous": (store.get_state("previous") or {}).get("adapter"),
-            "canary": store.get_state("canary"),
-            "engine": settings.engine,
-            "base_model": settings.base_model_id,
-            "loop": store.get_state("loop") or {"state": "stopped", "last_decision": None},
-            "counts": store.stats(),
-        }
+        state = current_status(settings, store)
     finally:
         store.close()
     if as_json:
         print_json(state)
         return
     table = Table(title=f"ratchet status ({settings.home})", show_header=False)
-    for key, value in _flatten(state):
+    for key, value in _flatten({k: v for k, v in state.items() if k != "decisions"}):
         table.add_row(key, "-" if value is None else str(value))
     Console().print(table)
+    for decision in state.get("decisions", [])[-5:]:
+        err.print(f"decision: {decision.get('action')} {decision.get('adapter', '')} {decision.get('reason', '')}")
 
 
 # -- API keys ------------------------------------------------------------------------------------
@@ -381,8 +377,12 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id (key-…) or 
 # -- commands that later work fills in -----------------------------------------------------------
 
 
-def _not_yet(command: str, issue: str) -> None:
-    raise CliError(f"`ratchet {command}` is not available in this version yet ({issue})")
+def _with_address(settings: Settings, host: str | None, port: int | None) -> Settings:
+    if host is not None:
+        settings = settings.model_copy(update={"host": host})
+    if port is not None:
+        settings = settings.model_copy(update={"port": port})
+    return settings
 
 
 @app.command()
@@ -390,18 +390,15 @@ def serve(home: Home = None, host: Host = None, port: Port = None) -> None:
     """Serve the OpenAI-compatible API on Ray Serve until Ctrl-C (then drain and shut Ray down)."""
     from deploy.server import serve_forever
 
-    settings = settings_for(home)
-    if host is not None:
-        settings = settings.model_copy(update={"host": host})
-    if port is not None:
-        settings = settings.model_copy(update={"port": port})
-    serve_forever(settings, progress=err)
+    serve_forever(_with_address(settings_for(home), host, port), progress=err)
 
 
 @app.command()
 def up(home: Home = None, host: Host = None, port: Port = None) -> None:
-    """Serve and run the improvement loop together."""
-    _not_yet("up", "the closed-loop issue")
+    """Serve and run the improvement loop together until Ctrl-C (the main job)."""
+    from deploy.server import serve_forever
+
+    serve_forever(_with_address(settings_for(home), host, port), progress=err, with_loop=True)
 
 
 @app.command()
@@ -409,12 +406,21 @@ def demo(
     home: Home = None,
     host: Host = None,
     port: Port = None,
-    ratings: Annotated[int, typer.Option(help="Simulated ratings to collect.")] = 240,
-    minutes: Annotated[float, typer.Option(help="Cap on the whole wall time.")] = 10.0,
+    ratings: Annotated[int, typer.Option(help="Simulated ratings to collect.", min=1)] = 240,
+    minutes: Annotated[float, typer.Option(help="Cap on the whole wall time, init included.", min=1)] = 10.0,
     seed: Annotated[int, typer.Option(help="Seed of the simulated users.")] = 0,
+    noise: Annotated[float, typer.Option(help="Share of ratings flipped at random.", min=0, max=1)] = 0.0,
+    loose: Annotated[bool, typer.Option("--loose", help="Users judge the style marker only (reward hacking).")] = False,
 ) -> None:
     """Simulated users with a hidden preference teach the model; prints the before/after line."""
-    _not_yet("demo", "the closed-loop issue")
+    from deploy.demo import run_demo
+
+    settings = _with_address(settings_for(home), host, port)
+    result = run_demo(
+        settings, ratings=ratings, minutes=minutes, seed=seed, noise=noise, careful=not loose, say=err.print
+    )
+    err.print(f"report: {result.report}")
+    print(result.summary())
 
 
 TrainFile = Annotated[
@@ -581,37 +587,146 @@ def train_cancel(
     print(job.id)
 
 
+def _running_url(settings: Settings, store) -> str:
+    from deploy.control import running_server
+
+    url = running_server(settings, store)
+    if url is None:
+        raise CliError(f"no ratchet server answers for {settings.home}: start one with `ratchet serve` or `ratchet up`")
+    return url
+
+
 @app.command("eval")
-def evaluate(candidate: Annotated[str, typer.Argument(help="Adapter to evaluate.")], home: Home = None) -> None:
-    """Evaluate a candidate adapter against the current one."""
-    _not_yet("eval", "the closed-loop issue")
+def evaluate(
+    candidate: Annotated[str, typer.Argument(help="Adapter to evaluate (ft-NNNN).")],
+    against: Annotated[str, typer.Option("--against", help="Baseline: current, base or an adapter.")] = "current",
+    home: Home = None,
+) -> None:
+    """Evaluate a candidate against a baseline through the running server; writes a report, prints the verdict."""
+    from openai import OpenAI
+
+    from deploy.control import status as current_status
+    from deploy.workspace import read_admin_key
+    from eval.run import run_evaluation
+
+    settings = settings_for(home)
+    store = open_store(settings)
+    try:
+        url = _running_url(settings, store)
+        baseline = (current_status(settings, store).get("current") or "base") if against == "current" else against
+        client = OpenAI(base_url=url + "/v1", api_key=read_admin_key(settings), timeout=300, max_retries=1)
+        err.print(f"evaluating {candidate} against {baseline} through {url} ...")
+        outcome = run_evaluation(settings, store, client, candidate, baseline)
+    finally:
+        store.close()
+    for reason in outcome.decision.reasons:
+        err.print(f"  {reason}")
+    err.print(f"report: {outcome.report}")
+    print(f"{candidate}: {outcome.decision.verdict}")
 
 
 @app.command()
-def promote(adapter: Annotated[str, typer.Argument(help="Adapter to promote.")], home: Home = None) -> None:
-    """Make an adapter current (immediate and full)."""
-    _not_yet("promote", "the closed-loop issue")
+def promote(
+    adapter: Annotated[str, typer.Argument(help="Adapter to promote (ft-NNNN, or base).")],
+    force: Annotated[bool, typer.Option("--force", help="Promote even an adapter the gate rejected.")] = False,
+    home: Home = None,
+) -> None:
+    """Make an adapter current, immediate and full (through the running server, else in the store)."""
+    from deploy import control, promotion
+
+    settings = settings_for(home)
+    store = open_store(settings)
+    try:
+        state, where = control.promote(settings, store, adapter, force=force)
+    except promotion.PromotionError as error:
+        raise CliError(str(error)) from None
+    finally:
+        store.close()
+    err.print(f"current is now {state['current']} (previous {state['previous']}) via {where}")
 
 
 @app.command()
 def rollback(home: Home = None) -> None:
-    """Go back to the previous adapter."""
-    _not_yet("rollback", "the closed-loop issue")
+    """Go back to the previous adapter at once (through the running server, else in the store)."""
+    from deploy import control, promotion
+
+    settings = settings_for(home)
+    store = open_store(settings)
+    try:
+        state, where = control.rollback(settings, store)
+    except promotion.PromotionError as error:
+        raise CliError(str(error)) from None
+    finally:
+        store.close()
+    err.print(f"current is now {state['current']} via {where}")
 
 
 @app.command()
 def loop(home: Home = None) -> None:
-    """Run the retrain-evaluate-promote loop against a running server."""
-    _not_yet("loop", "the closed-loop issue")
+    """Run the retrain-evaluate-promote loop against the running server until Ctrl-C."""
+    import signal
+    import threading
+
+    from deploy.loop import ImprovementLoop
+    from deploy.workspace import read_admin_key
+
+    settings = settings_for(home)
+    store = open_store(settings)
+    try:
+        url = _running_url(settings, store)
+    finally:
+        store.close()
+    improvement = ImprovementLoop(settings, url, read_admin_key(settings))
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    err.print(f"loop running against {url}: every {settings.loop_every_ratings} ratings (Ctrl-C stops)")
+    try:
+        improvement.run_forever(stop)
+    finally:
+        improvement.close()
 
 
 @app.command()
-def simulate(home: Home = None) -> None:
-    """Send simulated users with a hidden preference to a running server."""
-    _not_yet("simulate", "the closed-loop issue")
+def simulate(
+    ratings: Annotated[int, typer.Option(help="Ratings to post.", min=1)] = 100,
+    users: Annotated[int, typer.Option(help="Distinct simulated users.", min=1)] = 20,
+    noise: Annotated[float, typer.Option(help="Share of ratings flipped at random.", min=0, max=1)] = 0.0,
+    style: Annotated[str, typer.Option(help="The hidden preference: a demo answer style.")] = "tldr",
+    seed: Annotated[int, typer.Option(help="Seed of the users' choices.")] = 0,
+    loose: Annotated[bool, typer.Option("--loose", help="Judge the style marker only (reward hacking).")] = False,
+    home: Home = None,
+) -> None:
+    """Send simulated users with a hidden preference to the running server; prints what they liked."""
+    from deploy.workspace import read_admin_key
+    from eval.simulated_users import SimulatedUsers
+
+    settings = settings_for(home)
+    store = open_store(settings)
+    try:
+        url = _running_url(settings, store)
+    finally:
+        store.close()
+    crowd = SimulatedUsers(
+        url, read_admin_key(settings), users=users, noise=noise, careful=not loose, target_style=style, seed=seed
+    )
+    try:
+        posted = crowd.run(ratings)
+        liked = sum(r.liked for r in crowd.history)
+    finally:
+        crowd.close()
+    print(f"posted {posted} ratings; {liked}/{len(crowd.history)} answers had the preferred style")
 
 
 # -- entry point ---------------------------------------------------------------------------------
+
+
+try:  # typer 0.29 parses with its own copy of click, whose errors are not click's
+    from typer._click.exceptions import ClickException as _TyperClickException
+
+    CLICK_ERRORS: tuple[type[Exception], ...] = (click.ClickException, _TyperClickException)
+except ImportError:
+    CLICK_ERRORS = (click.ClickException,)
 
 
 def main() -> None:
@@ -624,7 +739,7 @@ def main() -> None:
     except click.exceptions.Abort:
         sys.stderr.write("ratchet: aborted\n")
         sys.exit(130)
-    except click.ClickException as error:
+    except CLICK_ERRORS as error:
         sys.stderr.write(f"ratchet: {error.format_message()}\n")
         sys.exit(error.exit_code)
     except (OSError, ValueError, LookupError) as error:

@@ -18,7 +18,7 @@ The workspace (`home`) holds everything a run produces:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -118,7 +118,11 @@ class Settings(BaseSettings):
         "auto",
         description="Loop: training method; auto = filtered SFT when there are good answers, else DPO, else KTO.",
     )
-    loop_epochs: int = Field(3, ge=1, le=100, description="Loop: epochs per retraining round.")
+    loop_epochs: Annotated[int, Field(ge=1, le=100)] | Literal["auto"] = Field(
+        "auto",
+        description="Loop: epochs per round; auto = OpenAI's rule (3, more for small sets: 11 good answers get 9; "
+        "3 epochs there moved the demo's preference 20 % -> 27 %, 10 epochs to 88 %).",
+    )
     loop_learning_rate: float = Field(2e-3, gt=0, lt=1, description="Loop: learning rate per round (demo-sized).")
     loop_poll_seconds: float = Field(2.0, gt=0, description="Loop: how often it looks at the store.")
     canary_fraction: float = Field(

@@ -179,6 +179,11 @@ class Resources(BaseModel):
         le=19,
         description="Raise the training process's niceness by this (Unix), to yield the CPU to a server beside it.",
     )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass: less memory, ~1.3x slower (TRL's default is on; "
+        "worth it for billions of parameters, not for the demo model: benchmarks/bench_training.py).",
+    )
     num_cpus: float = Field(1.0, gt=0, description="CPUs the Ray training task reserves.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs the Ray training task reserves.")
 

@@ -90,9 +90,20 @@ def create_job(
             AdapterRegistry(store, settings.adapters_dir).get(model)  # UnknownAdapter names the fix
         data = load_job_data(store, settings, job)
     except (DataError, LookupError) as error:
-        return finish(store, job.id, "failed", error={"code": "invalid_training_data", "message": str(error)})
+        return finish(
+            store, job.id, "failed", error={"code": "invalid_training_data", "message": _public(error, settings)}
+        )
     add_event(store, job.id, f"Data validated: {len(data.train)} training row(s), {len(data.heldout)} held out")
     return set_status(store, job.id, "queued", "Job queued")
+
+
+def _public(error: Exception, settings: Settings) -> str:
+    """The reason as a user may see it: no server paths, and the bad lines themselves (a few)."""
+    message = str(error)
+    lines = getattr(error, "lines", [])
+    if lines:
+        message += ": " + "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
+    return message.replace(str(settings.home.resolve()) + "/", "").replace(str(settings.home) + "/", "")
 
 
 def load_job_data(store: FeedbackStore, settings: Settings, job: Job) -> TrainingData:

@@ -255,6 +255,7 @@ def _common_args(hp: Hyperparameters, resources: Resources, output_dir: str, n_t
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         "use_cpu": use_cpu,
+        "gradient_checkpointing": resources.gradient_checkpointing,
         "bf16": resources.precision == "bf16" and not use_cpu,
         "fp16": resources.precision == "fp16" and not use_cpu,
     }
