@@ -29,6 +29,7 @@ log = logging.getLogger("ratchet.serving")
 APP_NAME = "ratchet"
 DEPLOYMENT_NAME = "RatchetServer"
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
+SECRET_SETTINGS = {"api_keys", "judge_api_key"}
 
 
 def _import_object(path: str) -> Any:
@@ -80,7 +81,8 @@ def build(args: dict[str, Any]) -> serve.Application:
 
 def settings_payload(settings: Settings) -> dict[str, Any]:
     """Settings as plain JSON for a replica, with the workspace made absolute (workers have their own cwd)."""
-    payload = settings.model_dump(mode="json")
+    # Secrets stay out: the config is stored in Ray's GCS and shown by `serve status`; replicas need neither.
+    payload = settings.model_dump(mode="json", exclude=SECRET_SETTINGS)
     payload["home"] = str(Path(settings.home).resolve())
     return payload
 
@@ -126,7 +128,10 @@ def start_ray(settings: Settings) -> None:
 
     os.environ.update({k: os.environ.get(k, v) for k, v in RAY_ENV.items()})
     if not ray.is_initialized():
+        # "local": a plain ray.init() joins the newest cluster on this machine (/tmp/ray/ray_current_cluster),
+        # so a second `ratchet serve` would share, and die with, another server's Ray.
         ray.init(
+            address="local",
             num_cpus=settings.num_cpus,
             include_dashboard=False,
             object_store_memory=256 * 1024**2,
