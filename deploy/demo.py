@@ -155,14 +155,25 @@ def write_demo_report(settings: Settings, result: DemoResult, store) -> Path:
         zorder=5,
         label="measured on fresh held-out prompts",
     )
-    promoted = [p for p, q in zip(result.timeline, result.timeline[1:], strict=False) if p["current"] != q["current"]]
-    for point in promoted:
-        ax.axvline(point["ratings"], color="green", linestyle="--", alpha=0.6)
+    for before, after in zip(result.timeline, result.timeline[1:], strict=False):
+        if before["current"] != after["current"]:
+            ax.axvline(before["ratings"], color="green", linestyle="--", alpha=0.6)
+            ax.annotate(
+                f"promoted {after['current']}",
+                (before["ratings"], 0.03),
+                rotation=90,
+                fontsize=7,
+                color="green",
+                xytext=(3, 0),
+                textcoords="offset points",
+            )
+        if after["canary"]:
+            ax.axvspan(before["ratings"], after["ratings"], color="orange", alpha=0.12, lw=0)
     ax.set_xlabel("ratings")
     ax.set_ylabel("preference rate")
     ax.set_ylim(0, 1)
     ax.set_title(result.summary())
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="center right", fontsize=8, title="shaded: a canary runs", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(folder / "preference.png", dpi=110)
     plt.close(fig)

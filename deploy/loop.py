@@ -89,7 +89,12 @@ class ImprovementLoop:
         self.store.set_state("loop", self.state)
 
     def _decide(self, decision: dict[str, Any]) -> dict[str, Any]:
-        decision = record_decision(self.store, {"source": "loop", **decision})
+        """Remember the decision as the loop's last; log it unless the admin route already logged the action."""
+        decision = {"source": "loop", **decision}
+        if decision["action"] in ("promote", "canary", "rollback"):
+            decision = {"at": time.time(), **decision}
+        else:
+            decision = record_decision(self.store, decision)
         self._save(last_decision=decision)
         return decision
 
