@@ -83,7 +83,21 @@ class Settings(BaseSettings):
         True, description="Log one line per HTTP request from each replica (Ray Serve's access log)."
     )
     api_keys: str = Field(
-        "", description="Comma-separated API keys to seed the key table with (chat, feedback, files, fine-tuning)."
+        "",
+        repr=False,
+        description="Comma-separated API keys to seed the key table with (chat, feedback, files, fine-tuning).",
+    )
+    feedback_rate_per_minute: int = Field(
+        120,
+        ge=0,
+        description="Ratings and comparisons one user of one API key may post per minute, per replica (a minute's "
+        "worth at once); more get 429 with Retry-After. 0 = no limit.",
+    )
+    feedback_key_rate_per_minute: int = Field(
+        6000,
+        ge=0,
+        description="Ratings and comparisons one API key (all its users; keyless callers count as one key) may post "
+        "per minute, per replica. 0 = no limit.",
     )
 
     # -- evaluation and the gate ----------------------------------------------------------------
@@ -93,7 +107,7 @@ class Settings(BaseSettings):
     )
     judge_url: str = Field("", description="LLM judge: base URL of an OpenAI-compatible API (e.g. http://host/v1).")
     judge_model: str = Field("", description="LLM judge: the model name to ask.")
-    judge_api_key: str = Field("", description="LLM judge: its API key (never logged).")
+    judge_api_key: str = Field("", repr=False, description="LLM judge: its API key (never logged).")
     eval_prompts: int = Field(40, ge=1, description="Most prompts an offline evaluation samples answers for.")
     eval_samples: int = Field(2, ge=1, le=8, description="Sampled answers per prompt and model for the win-rate.")
     eval_temperature: float = Field(1.0, ge=0, le=2, description="Temperature of the win-rate samples.")
