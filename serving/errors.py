@@ -99,7 +99,8 @@ def install_error_handlers(app: FastAPI) -> None:
         message = error.detail if isinstance(error.detail, str) else "request failed"
         if error.status_code == 404 and message == "Not Found":
             message = "no such route: see GET /openapi.json for the API"
-        return error_response(error.status_code, message, headers=getattr(error, "headers", None))
+        code = "request_too_large" if error.status_code == 413 else None
+        return error_response(error.status_code, message, code=code, headers=getattr(error, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

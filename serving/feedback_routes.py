@@ -45,6 +45,7 @@ def _not_found(error: UnknownCompletion) -> APIError:
 async def post_feedback(
     body: FeedbackRequest, key_id: str | None = Depends(require_api_key), runtime: ServingRuntime = Depends(get_runtime)
 ) -> JSONResponse:
+    runtime.feedback_limits.check(key_id, body.user)
     await _committed(runtime, body.completion_id)
     try:
         rating, created = await asyncio.to_thread(
@@ -79,6 +80,7 @@ async def post_comparison(
     key_id: str | None = Depends(require_api_key),
     runtime: ServingRuntime = Depends(get_runtime),
 ) -> JSONResponse:
+    runtime.feedback_limits.check(key_id, body.user)
     await _committed(runtime, *body.completion_ids)
     a, b = body.completion_ids
     try:

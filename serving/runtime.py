@@ -25,6 +25,7 @@ from ratchet.settings import Settings
 from serving import metrics
 from serving.engine import Engine, GenerationRequest, SamplingParams
 from serving.errors import APIError, model_not_found
+from serving.ratelimit import FeedbackRateLimiter
 
 log = logging.getLogger("ratchet.serving")
 
@@ -44,6 +45,9 @@ class ServingRuntime:
             self.store, batch_size=settings.log_batch_size, flush_seconds=settings.log_flush_seconds
         )
         self.registry = AdapterRegistry(self.store, settings.adapters_dir)
+        self.feedback_limits = FeedbackRateLimiter(
+            settings.feedback_rate_per_minute, settings.feedback_key_rate_per_minute
+        )
         self.engine: Engine | None = None
         self.tokenizer: Any = None
         self.context_length = 0
@@ -193,7 +197,7 @@ class ServingRuntime:
             raise model_not_found(name) from error
 
     def _checked_adapter_path(self, name: str) -> Path:
-        from feedback.registry import UnknownAdapter
+        from feedback.registry import AdapterTampered, UnknownAdapter, UnsafeAdapter
 
         try:
             record = self.registry.get(name)
@@ -211,8 +215,14 @@ class ServingRuntime:
                 param="model",
                 code="base_model_mismatch",
             )
-        self.registry.verify(name)
-        return self.registry.resolve_path(name)
+        try:
+            self.registry.verify(name)
+            return self.registry.resolve_path(name)
+        except (AdapterTampered, UnsafeAdapter) as error:
+            log.warning("refused to load adapter %s: %s", name, error)
+            reason = str(error).replace(str(Path(self.settings.home).resolve()), "<home>")
+            reason = reason.removeprefix(f"adapter {name}: ")
+            raise APIError(409, f"adapter {name} is refused: {reason}", param="model", code="adapter_unsafe") from error
 
     def servable_adapters(self) -> list[Any]:
         return [
