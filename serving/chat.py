@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 
 from fastapi import APIRouter, Depends
@@ -87,17 +88,44 @@ async def chat_completions(
     key_id: str | None = Depends(require_api_key),
     runtime: ServingRuntime = Depends(get_runtime),
 ):
+    # Checked and taken before the first await (admit() does not suspend on entry), so a burst of
+    # requests cannot all pass the check before any of them counts.
     runtime.check_capacity()
-    call = await _prepare(body, key_id, runtime)
-    if body.stream:
-        # The stream holds its admission slot itself: it outlives this function.
-        return StreamingResponse(
-            _stream(call, runtime),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-    async with runtime.admit():
+    slot = AsyncExitStack()
+    await slot.enter_async_context(runtime.admit())
+    streaming = False
+    try:
+        call = await _prepare(body, key_id, runtime)
+        if body.stream:
+            streaming = True  # the response holds the slot now: it outlives this function
+            return AdmittedStream(
+                slot,
+                _stream(call, runtime),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         return await _complete(call, runtime)
+    finally:
+        if not streaming:
+            await slot.aclose()
+
+
+class AdmittedStream(StreamingResponse):
+    """An SSE response that holds its request's admission slot until it ends, however it ends (done,
+    failed, client gone, or never started), and closes its generator so the engine work stops with it."""
+
+    def __init__(self, slot: AsyncExitStack, content: AsyncIterator[str], **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self.slot = slot
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self.body_iterator.aclose()
+            finally:
+                await self.slot.aclose()
 
 
 async def _prepare(body: ChatCompletionRequest, key_id: str | None, runtime: ServingRuntime) -> Call:
@@ -207,27 +235,24 @@ async def _stream(call: Call, runtime: ServingRuntime) -> AsyncIterator[str]:
 
     tasks: list[asyncio.Task] = []
     try:
-        async with runtime.admit():
-            tasks = [
-                asyncio.create_task(_run_choice(call, runtime, r, i, queue)) for i, r in enumerate(call.requests())
-            ]
-            for i in range(call.body.n):
-                yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content=""))])
-            running = len(tasks)
-            while running:
-                index, text, finish = await queue.get()
-                if text is None:  # a choice's task ended; `finish` holds its error, if any
-                    running -= 1
-                    if isinstance(finish, BaseException):
-                        raise finish
-                    continue
-                if text:
-                    yield chunk([ChunkChoice(index=index, delta=Delta(content=text))])
-                if finish:
-                    yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=finish)])
-            if include_usage:
-                yield chunk([], usage=call.usage())
-            yield "data: [DONE]\n\n"
+        tasks = [asyncio.create_task(_run_choice(call, runtime, r, i, queue)) for i, r in enumerate(call.requests())]
+        for i in range(call.body.n):
+            yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content=""))])
+        running = len(tasks)
+        while running:
+            index, text, finish = await queue.get()
+            if text is None:  # a choice's task ended; `finish` holds its error, if any
+                running -= 1
+                if isinstance(finish, BaseException):
+                    raise finish
+                continue
+            if text:
+                yield chunk([ChunkChoice(index=index, delta=Delta(content=text))])
+            if finish:
+                yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=finish)])
+        if include_usage:
+            yield chunk([], usage=call.usage())
+        yield "data: [DONE]\n\n"
     except APIError as error:
         # The status line is gone once streaming started: report the error in-band, as OpenAI does.
         yield f"data: {error.response().body.decode()}\n\n"

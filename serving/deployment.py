@@ -109,8 +109,13 @@ def serve_config(
                         "name": DEPLOYMENT_NAME,
                         "num_replicas": settings.replicas,
                         # Admission control happens in the app (OpenAI-shaped 429s); Serve's limits sit above it.
-                        "max_ongoing_requests": settings.max_concurrent_requests + 8,
-                        "max_queued_requests": settings.max_concurrent_requests,
+                        # A stream holds its Serve slot to the end, so the replica takes twice the app's limit
+                        # (+8 for health, metrics, feedback): a burst of 2x capacity all reaches the app's fast
+                        # 429 instead of waiting in Serve's queue for a stream to end. Serve's own rejection,
+                        # the last resort past that and the queue, is a 503 with Retry-After (plain text).
+                        "max_ongoing_requests": 2 * settings.max_concurrent_requests + 8,
+                        "max_queued_requests": 2 * settings.max_concurrent_requests,
+                        "backpressure_config": {"status_code": 503, "retry_after_s": 1},
                         "ray_actor_options": {"num_cpus": settings.replica_cpus},
                         "user_config": {"state": state or {}},
                         "health_check_period_s": 10,
