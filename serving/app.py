@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 
 from serving import metrics
 from serving.errors import error_response, install_error_handlers
+from serving.openapi import document_errors
 
 
 class BodyLimit:
@@ -67,4 +68,5 @@ def create_app(extra_routers: Sequence[APIRouter] = (), *, max_request_bytes: in
     app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
     for router in (chat.router, models_routes.router, feedback_routes.router, ops_routes.router, *extra_routers):
         app.include_router(router)
+    document_errors(app)
     return app

@@ -26,6 +26,8 @@ from transformers import DynamicCache
 from serving.detokenize import IncrementalDetokenizer, StopStringMatcher
 from serving.engine import FinishReason, GenerationOutput, GenerationRequest
 
+MIN_TEMPERATURE = 1e-4  # sampling at a lower temperature is greedy in all but name (float32 logits)
+
 
 @dataclass(eq=False)
 class Sequence:
@@ -163,10 +165,13 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
         if params.temperature == 0:
             tokens[i] = int(row.argmax())
             continue
-        probs = torch.softmax(row / params.temperature, dim=-1)
+        # Shifted by the max and with a floor on the temperature, so that a tiny (even subnormal) temperature
+        # is near-greedy instead of 0/0 = NaN, which would fail every request in the batch.
+        probs = torch.softmax((row - row.max()) / max(params.temperature, MIN_TEMPERATURE), dim=-1)
         if params.top_p < 1.0:
             sorted_probs, order = probs.sort(descending=True)
-            outside = sorted_probs.cumsum(dim=0) - sorted_probs >= params.top_p  # the top token always stays
+            outside = sorted_probs.cumsum(dim=0) - sorted_probs >= params.top_p
+            outside[0] = False  # the top token always stays (a top_p below float32's range rounds to 0)
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs.masked_fill(outside, 0.0))
         tokens[i] = int(torch.multinomial(probs, 1, generator=seq.generator))
     return tokens
