@@ -108,12 +108,14 @@ def serve_config(
                     {
                         "name": DEPLOYMENT_NAME,
                         "num_replicas": settings.replicas,
-                        # Admission control happens in the app (OpenAI-shaped 429s); Serve's limits sit above it.
-                        # A stream holds its Serve slot to the end, so the replica takes twice the app's limit
-                        # (+8 for health, metrics, feedback): a burst of 2x capacity all reaches the app's fast
-                        # 429 instead of waiting in Serve's queue for a stream to end. Serve's own rejection,
-                        # the last resort past that and the queue, is a 503 with Retry-After (plain text).
-                        "max_ongoing_requests": 2 * settings.max_concurrent_requests + 8,
+                        # Admission control happens in the app (OpenAI-shaped 429s); Serve's limits sit far above
+                        # it. Every request holds a Serve slot to its end (a stream, a feedback waiting on its
+                        # commit), so the replica takes 4x the app's chat limit + 64: a flood of 4x capacity, chats
+                        # and the rest, reaches the app (a fast 429 for chats) instead of waiting in Serve's queue.
+                        # At 2x + 8, locust's mix at 128 users against a limit of 32 got 1,550 of Serve's own
+                        # plain-text 503s (benchmarks/bench_load.py). Past the queue, Serve's rejection is the last
+                        # resort: a 503 with Retry-After, in Serve's body.
+                        "max_ongoing_requests": 4 * settings.max_concurrent_requests + 64,
                         "max_queued_requests": 2 * settings.max_concurrent_requests,
                         "backpressure_config": {"status_code": 503, "retry_after_s": 1},
                         "ray_actor_options": {"num_cpus": settings.replica_cpus},
