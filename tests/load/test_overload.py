@@ -1,8 +1,9 @@
 """Overload on the real served app: twice the capacity is shed fast in OpenAI's shape, and nothing sticks.
 
 Capacity is what the replica admits at once, `max_concurrent_requests` (64 on the session server). Each
-round sends a burst of twice that many chat requests at the same moment: long streams (ignore_eos, so
-none ends by itself during the round) and some non-streaming requests. Every client holds what it got
+round sends a burst of twice that many chat requests at the same moment (long streams, ignore_eos, so
+none ends by itself during the round), and as many requests to the rest of the API (models, ratings)
+with them; non-streaming chats follow while the capacity is full. Every client holds what it got
 (an admitted stream is read to its first event, then kept open) until all have an answer, so the count
 of admitted requests is exact: no more than the capacity (admission is checked and taken in one step)
 and no fewer (nothing is refused while a slot is free). The rest must be 429 with Retry-After, or 503,
@@ -88,9 +89,22 @@ async def until_answered(outcomes: list[Outcome]) -> None:
         await asyncio.sleep(0.05)
 
 
-async def overload_round(server, client: httpx.AsyncClient, capacity: int) -> dict:
-    """A burst of 2 x capacity streams at once; then, while the admitted ones are held open, capacity / 4
-    non-streaming requests, a chat through the openai SDK, /health and /v1/models."""
+async def other(client: httpx.AsyncClient, request: tuple[str, str, dict | None], outcome: Outcome) -> None:
+    """One request to the rest of the API (models, feedback): no admission slot, but a Serve slot."""
+    method, path, body = request
+    started = time.perf_counter()
+    try:
+        response = await client.request(method, path, json=body)
+        outcome.status, outcome.headers, outcome.body = response.status_code, response.headers, response.content
+    except httpx.HTTPError as error:
+        outcome.error = f"{type(error).__name__}: {error}"
+    outcome.seconds = time.perf_counter() - started
+
+
+async def overload_round(server, client: httpx.AsyncClient, capacity: int, number: int, rated: str) -> dict:
+    """A burst of 2 x capacity streams at once, with 2 x capacity requests to the rest of the API (half
+    /v1/models, half ratings of `rated`) at the same moment; then, while the admitted streams are held
+    open, capacity / 4 non-streaming chats, one through the openai SDK, /health and /v1/models."""
     prompt = server.prompt
     settled = asyncio.Event()
     burst = [Outcome() for _ in range(2 * capacity)]
@@ -98,7 +112,15 @@ async def overload_round(server, client: httpx.AsyncClient, capacity: int) -> di
         asyncio.create_task(one(client, chat_body(prompt, stream=True, user=f"overload-{i}"), settled, o))
         for i, o in enumerate(burst)
     ]
-    await until_answered(burst)
+    requests = [
+        ("GET", "/v1/models", None)
+        if i % 2
+        else ("POST", "/v1/feedback", {"completion_id": rated, "rating": 1, "user": f"overload-{number}-{i}"})
+        for i in range(2 * capacity)
+    ]
+    others = [Outcome() for _ in requests]
+    tasks += [asyncio.create_task(other(client, r, o)) for r, o in zip(requests, others, strict=True)]
+    await until_answered(burst + others)
     # the admitted streams are all open: non-streaming requests now must be refused too
     extra = [Outcome() for _ in range(capacity // 4)]
     await asyncio.gather(
@@ -117,7 +139,15 @@ async def overload_round(server, client: httpx.AsyncClient, capacity: int) -> di
         await sdk.close()
     settled.set()
     await asyncio.wait_for(asyncio.gather(*tasks), CLIENT_TIMEOUT)
-    return {"burst": burst, "extra": extra, "rss_peak": rss, "health": health, "models": models, "sdk": sdk_refusal}
+    return {
+        "burst": burst,
+        "extra": extra,
+        "others": others,
+        "rss_peak": rss,
+        "health": health,
+        "models": models,
+        "sdk": sdk_refusal,
+    }
 
 
 async def wait_idle(client: httpx.AsyncClient) -> float:
@@ -129,6 +159,11 @@ async def wait_idle(client: httpx.AsyncClient) -> float:
             return time.monotonic() - started
         await asyncio.sleep(0.2)
     raise AssertionError(f"{in_flight:.0f} chat requests still in flight 30 s after every client left")
+
+
+def spread(outcomes: list[Outcome], status: int | None) -> str:
+    seconds = sorted(o.seconds for o in outcomes if status is None or o.status == status)
+    return f"{seconds[len(seconds) // 2]:.2f} / {seconds[-1]:.2f} s" if seconds else "-"
 
 
 def check_shed(outcome: Outcome) -> None:
@@ -164,13 +199,14 @@ async def recovery(server, prompt: str) -> list[str]:
 
 async def run_overload(server) -> dict:
     capacity = server.settings.max_concurrent_requests
-    limits = httpx.Limits(max_connections=4 * capacity, max_keepalive_connections=4 * capacity)
+    limits = httpx.Limits(max_connections=6 * capacity, max_keepalive_connections=6 * capacity)
     report: dict = {"rounds": []}
     async with httpx.AsyncClient(base_url=server.url, timeout=CLIENT_TIMEOUT, limits=limits) as client:
         await wait_idle(client)
         report["rss_before"], _ = await replica_metrics(client)
-        for _ in range(ROUNDS):
-            round_ = await overload_round(server, client, capacity)
+        answer = await client.post("/v1/chat/completions", json=chat_body(server.prompt, stream=False, user="rated"))
+        for number in range(ROUNDS):
+            round_ = await overload_round(server, client, capacity, number, answer.json()["id"])
             round_["idle_seconds"] = await wait_idle(client)
             report["rounds"].append(round_)
         report["rss_after"], _ = await replica_metrics(client)
@@ -184,7 +220,7 @@ def test_twice_the_capacity_is_shed_fast_in_openai_shape_and_the_server_recovers
 
     for number, round_ in enumerate(report["rounds"], 1):
         outcomes = round_["burst"] + round_["extra"]
-        hung = [o.error for o in outcomes if o.error]
+        hung = [o.error for o in outcomes + round_["others"] if o.error]
         assert not hung, f"round {number}: {len(hung)} requests got no answer: {hung[:3]}"
         admitted = [o for o in outcomes if o.status == 200]
         shed = [o for o in outcomes if o.status != 200]
@@ -192,16 +228,19 @@ def test_twice_the_capacity_is_shed_fast_in_openai_shape_and_the_server_recovers
         assert all(o.status != 200 for o in round_["extra"]), "a request got in while the capacity was full"
         for outcome in shed:
             check_shed(outcome)
+        # the rest of the API in the same flood: answered, or refused in the same shape (never by Serve)
+        for outcome in round_["others"]:
+            if outcome.status not in (200, 201):
+                check_shed(outcome)
         # the capacity full: the rest of the API still answers, and the SDK gets a RateLimitError to retry
         assert round_["health"] == 200 and round_["models"] == 200
         assert round_["sdk"] is not None and round_["sdk"].code == "server_overloaded"
         assert round_["sdk"].response.headers.get("retry-after")
-        seconds = sorted(o.seconds for o in shed)
         print(
-            f"\nround {number}: {len(admitted)} admitted, {len(shed)} shed "
-            f"(answered in {seconds[len(seconds) // 2]:.2f} s median, {seconds[-1]:.2f} s max); "
-            f"replica RSS at the peak {round_['rss_peak'] / 2**20:.0f} MiB; "
-            f"idle {round_['idle_seconds']:.1f} s after the clients left"
+            f"\nround {number}: {len(admitted)} admitted, {len(shed)} shed; answered in (median / max): "
+            f"burst refusals {spread(round_['burst'], 429)}, rest of the API {spread(round_['others'], None)}, "
+            f"refusals once full {spread(round_['extra'], 429)}; replica RSS at the peak "
+            f"{round_['rss_peak'] / 2**20:.0f} MiB; idle {round_['idle_seconds']:.1f} s after the clients left"
         )
 
     # memory: bounded, and no growth from one overload round to the next
