@@ -190,6 +190,7 @@ def server(tmp_path_factory, demo_model_dir) -> Iterator[Served]:
         num_cpus=2,
         replica_cpus=1,
         torch_threads=2,
+        access_log=False,
         keep_adapters=1000,  # tests share this server's adapters: none may be pruned under another test
     )
     init_workspace(settings, progress=False)

@@ -1,0 +1,82 @@
+"""The loop's sample efficiency: how many ratings simulated users need before ratchet serves what they prefer.
+
+    python benchmarks/bench_loop.py                          # seed 0, without and with 10 % flipped ratings
+    python benchmarks/bench_loop.py --seeds 0,1,2 --noise 0,0.1 --ratings 300
+
+Each run is a whole `ratchet demo` (deploy/demo.py: server, loop, simulated users who prefer the demo's rare
+`tldr` style) in a fresh workspace sharing one demo model. Reported per run: the preference rate before and
+after (100 fresh answers to held-out prompts each), quality before and after, promotions, the ratings posted
+when the model serving `current` (no canary) first had 80 % of a batch liked, and wall time. Writes
+benchmarks/out/loop.json. The script times itself; nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_serving import OUT, free_port  # noqa: E402
+
+
+def ratings_to(timeline: list[dict], level: float) -> int | None:
+    """Ratings posted when a batch answered by a promoted adapter alone (no canary) was `level` liked."""
+    for point in timeline:
+        if point["current"] != "base" and not point["canary"] and point["liked"] >= level:
+            return point["ratings"]
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--noise", default="0,0.1", help="shares of ratings flipped, one run each")
+    parser.add_argument("--ratings", type=int, default=240)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--model", type=Path, help="a built demo model dir (default: build one, 600 steps)")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from deploy.demo import run_demo
+    from ratchet.settings import Settings
+    from retrain.demo.build import build_demo_model, read_build_info
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    model = args.model or OUT / "models" / "demo-tiny-v1"
+    if read_build_info(model) is None:
+        build_demo_model(model, seed=0, steps=600, progress=True)
+    runs = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for noise in [float(n) for n in args.noise.split(",")]:
+            with tempfile.TemporaryDirectory(prefix="ratchet-bench-loop-") as home:
+                shutil.copytree(model, Path(home) / "models" / "demo-tiny-v1")  # the demo model, in place
+                settings = Settings(home=Path(home), port=free_port())
+                result = run_demo(
+                    settings, ratings=args.ratings, minutes=args.minutes, seed=seed, noise=noise, say=lambda *_: None
+                )
+            run = {
+                "seed": seed,
+                "noise": noise,
+                "summary": result.summary(),
+                "before": result.before,
+                "after": result.after,
+                "ratings": result.ratings,
+                "promotions": result.promotions,
+                "ratings_to_80": ratings_to(result.timeline, 0.8),
+                "seconds": round(result.seconds, 1),
+            }
+            runs.append(run)
+            print(
+                f"seed {seed} noise {noise:.0%}: {run['summary']}; 80 % liked after {run['ratings_to_80']} ratings",
+                flush=True,
+            )
+    (OUT / "loop.json").write_text(json.dumps({"runs": runs}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
