@@ -1,8 +1,8 @@
 """Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`, never a stack trace.
 
 Raise `APIError` (or one of its helpers) anywhere in a route; `install_error_handlers` maps it, FastAPI's
-validation errors (422 becomes 400, as OpenAI answers) and anything unexpected (500, logged, with no
-internals in the body) to that shape.
+validation errors (422 becomes 400, as OpenAI answers), values the database refuses (400) and anything
+unexpected (500, logged, with no internals in the body) to that shape.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.protocol import ErrorDetail, ErrorResponse
@@ -101,6 +102,13 @@ def install_error_handlers(app: FastAPI) -> None:
             message = "no such route: see GET /openapi.json for the API"
         code = "request_too_large" if error.status_code == 413 else None
         return error_response(error.status_code, message, code=code, headers=getattr(error, "headers", None))
+
+    @app.exception_handler(DataError)
+    async def _unstorable(_request: Request, error: DataError) -> JSONResponse:
+        # The database refused a value the request carried (PostgreSQL: NUL in text, a number out of range):
+        # bad input, not a server error.
+        reason = str(getattr(error, "orig", None) or "invalid data").splitlines()[0]
+        return error_response(400, f"the database refused a value of this request: {reason}", code="invalid_value")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

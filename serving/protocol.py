@@ -9,11 +9,21 @@ log-probabilities, so they never make a chat fail.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    return text
+
+
+# A string stored in a text column: PostgreSQL text cannot hold NUL, so it is refused here, as a 400.
+Text = Annotated[str, AfterValidator(_no_nul)]
 
 
 class _Request(BaseModel):
@@ -67,7 +77,7 @@ class ChatCompletionRequest(_Request):
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = Field(1, ge=1)
-    user: str | None = Field(None, max_length=256)
+    user: Text | None = Field(None, max_length=256)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     # Accepted so that front ends which always send them keep working; answered without tool calls.
@@ -176,13 +186,13 @@ class ModelList(BaseModel):
 
 
 class FeedbackRequest(_Request):
-    completion_id: str = Field(min_length=1, max_length=64)
+    completion_id: Text = Field(min_length=1, max_length=64)
     choice_index: int = Field(0, ge=0)
     rating: Literal[1, -1] | None = None
     score: int | None = Field(None, ge=1, le=5)
-    comment: str | None = Field(None, max_length=10_000)
-    correction: str | None = Field(None, max_length=100_000)
-    user: str | None = Field(None, max_length=256)
+    comment: Text | None = Field(None, max_length=10_000)
+    correction: Text | None = Field(None, max_length=100_000)
+    user: Text | None = Field(None, max_length=256)
 
     @model_validator(mode="after")
     def _one_judgement(self) -> FeedbackRequest:
@@ -198,9 +208,9 @@ class FeedbackResponse(BaseModel):
 
 
 class ComparisonRequest(_Request):
-    completion_ids: list[str] = Field(min_length=2, max_length=2)
-    winner: str = Field(min_length=1, max_length=64)
-    user: str | None = Field(None, max_length=256)
+    completion_ids: list[Text] = Field(min_length=2, max_length=2)
+    winner: Text = Field(min_length=1, max_length=64)
+    user: Text | None = Field(None, max_length=256)
 
     @model_validator(mode="after")
     def _winner_is_one_of_them(self) -> ComparisonRequest:

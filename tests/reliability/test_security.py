@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -47,13 +48,33 @@ def _reset_auth_caches() -> None:
     auth._any_keys[:] = [0.0, False]
 
 
-@pytest.fixture(scope="module")
-def local(tmp_path_factory, demo_model_dir):
+@contextmanager
+def _local_app(settings: Settings):
+    """The full app around a started runtime on `settings`' workspace, as a TestClient."""
     from deploy.server import EXTRA_ROUTERS
     from deploy.workspace import init_workspace
     from serving.app import create_app
     from serving.deployment import _import_object
 
+    init_workspace(settings, progress=False)
+    adapter = register_test_adapter(settings)
+    runtime = runtime_module.ServingRuntime(settings)
+    app = create_app([_import_object(path) for path in EXTRA_ROUTERS], max_request_bytes=64 * 1024)
+    _reset_auth_caches()
+    before = runtime_module._runtime  # the module's app, while a test runs one of its own
+    with TestClient(app, raise_server_exceptions=False) as client:
+        client.portal.call(runtime.start)
+        runtime_module.install(runtime)
+        try:
+            yield Local(client, settings, runtime, adapter)
+        finally:
+            runtime_module.install(before)
+            client.portal.call(runtime.shutdown)
+            _reset_auth_caches()
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory, demo_model_dir):
     settings = Settings(
         home=tmp_path_factory.mktemp("secure"),
         base_model=str(demo_model_dir),
@@ -63,20 +84,8 @@ def local(tmp_path_factory, demo_model_dir):
         max_n=4,
         judge_api_key="jk-" + uuid.uuid4().hex,
     )
-    init_workspace(settings, progress=False)
-    adapter = register_test_adapter(settings)
-    runtime = runtime_module.ServingRuntime(settings)
-    app = create_app([_import_object(path) for path in EXTRA_ROUTERS], max_request_bytes=64 * 1024)
-    _reset_auth_caches()
-    with TestClient(app, raise_server_exceptions=False) as client:
-        client.portal.call(runtime.start)
-        runtime_module.install(runtime)
-        try:
-            yield Local(client, settings, runtime, adapter)
-        finally:
-            runtime_module.install(None)
-            client.portal.call(runtime.shutdown)
-            _reset_auth_caches()
+    with _local_app(settings) as app:
+        yield app
 
 
 def _completions(settings: Settings, count: int) -> list[str]:
@@ -220,6 +229,30 @@ def test_a_symlink_escape_is_refused_on_load_and_on_chat(local, tmp_path):
     chat = {"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     _is_openai_error(local.client.post("/v1/chat/completions", json=chat), 409, "adapter_unsafe")
     assert name not in local.runtime.engine.adapters()
+
+
+@pytest.mark.postgres
+def test_nul_characters_are_a_400_on_postgres(tmp_path, demo_model_dir, postgres_url):
+    """PostgreSQL text cannot hold NUL: such values are refused as bad input, never a 500, and a chat whose
+    `user` has one is refused before its completion would be dropped by the log writer."""
+    settings = Settings(home=tmp_path / "pg", base_model=str(demo_model_dir), database_url=postgres_url)
+    with _local_app(settings) as app:
+        (completion_id,) = _completions(settings, 1)
+        chat = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        posts = [
+            ("/v1/feedback", {"completion_id": "chatcmpl-a\x00b", "rating": 1}),
+            ("/v1/feedback", {"completion_id": completion_id, "rating": 1, "user": "a\x00b"}),
+            ("/v1/feedback", {"completion_id": completion_id, "rating": 1, "correction": "a\x00b"}),
+            ("/v1/comparisons", {"completion_ids": [completion_id, "chatcmpl-\x00"], "winner": "tie"}),
+            ("/v1/chat/completions", {**chat, "user": "a\x00b"}),
+            ("/v1/fine_tuning/jobs", {"model": "base", "training_file": "file-a\x00b"}),
+        ]
+        for path, body in posts:
+            _is_openai_error(app.client.post(path, json=body), 400)
+        for path in ["/v1/files/file-a%00b", "/v1/fine_tuning/jobs/ftjob-a%00b/events", "/v1/files?after=a%00b"]:
+            _is_openai_error(app.client.get(path), 400)
+        in_content = {**chat, "messages": [{"role": "user", "content": "a\x00b"}]}  # JSON holds it: allowed
+        assert app.client.post("/v1/chat/completions", json=in_content).status_code == 200
 
 
 # -- request limits ----------------------------------------------------------------------------------
