@@ -81,10 +81,24 @@ def build(args: dict[str, Any]) -> serve.Application:
 
 def settings_payload(settings: Settings) -> dict[str, Any]:
     """Settings as plain JSON for a replica, with the workspace made absolute (workers have their own cwd)."""
-    # Secrets stay out: the config is stored in Ray's GCS and shown by `serve status`; replicas need neither.
-    payload = settings.model_dump(mode="json", exclude=SECRET_SETTINGS)
+    # Secrets stay out: the config is logged by Serve's controller, kept in Ray's GCS and shown by
+    # `serve status`. Replicas need no keys; a database URL with a password they read from the environment
+    # they inherit (RATCHET_DATABASE_URL) when it came from there.
+    exclude = set(SECRET_SETTINGS)
+    if _has_password(settings.database_url) and os.environ.get("RATCHET_DATABASE_URL") == settings.database_url:
+        exclude.add("database_url")
+    payload = settings.model_dump(mode="json", exclude=exclude)
     payload["home"] = str(Path(settings.home).resolve())
     return payload
+
+
+def _has_password(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return bool(url) and make_url(url).password is not None
+    except Exception:  # not a URL the store could use either; nothing to hide
+        return False
 
 
 def serve_config(

@@ -12,8 +12,8 @@ checks that none survives. The server is restarted on the same workspace; then:
   (re-rates upsert), and each row holds the user's last acknowledged verdict, or the one still in flight
   when the kill landed;
 - the restarted server serves the old completions (a rating of one is an upsert, answered 200);
-- neither the API key, the admin key nor the judge's key reached a log (Ray's session logs, the server's
-  output).
+- neither the API key, the admin key, the judge's key nor the database password reached a log (Ray's
+  session logs, the server's output).
 
 Runs on SQLite (the default) and on PostgreSQL (RATCHET_DATABASE_URL).
 """
@@ -208,7 +208,12 @@ def test_every_acknowledged_rating_survives_kill_9_of_every_process(empty_db_url
     home, log, port = tmp_path / "ws", tmp_path / "serve.log", free_port()
     ray_tmp = Path(tempfile.mkdtemp(prefix="rk-", dir="/tmp"))  # short: Ray's socket paths must stay < 108 chars
     secrets = {"api_key": "sk-kill-" + uuid.uuid4().hex, "judge_key": "jk-kill-" + uuid.uuid4().hex}
-    env = _server_env(home, ray_tmp, empty_db_url, demo_model_dir, secrets)
+    database_url = empty_db_url
+    if database_url.startswith("postgresql"):  # a password in the URL, as in production (trust auth ignores it)
+        secrets["db_password"] = "pw-kill-" + uuid.uuid4().hex
+        user, at, rest = database_url.partition("@")
+        database_url = f"{user}:{secrets['db_password']}{at}{rest}"
+    env = _server_env(home, ray_tmp, database_url, demo_model_dir, secrets)
     url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {secrets['api_key']}"}
     server = _start(home, port, env, log)
     try:
@@ -249,7 +254,7 @@ def test_every_acknowledged_rating_survives_kill_9_of_every_process(empty_db_url
         assert settle.status_code == 201, settle.text  # the restarted server knows the completions from before
 
         # 4) every ack is stored, and the store is consistent
-        in_flight, landed = _check_store(empty_db_url, completions, streams)
+        in_flight, landed = _check_store(database_url, completions, streams)
         checked = time.monotonic()
         kill_everything(server, str(ray_tmp))
         _check_no_secret_in_logs(ray_tmp, log, [*secrets.values(), admin_key])
