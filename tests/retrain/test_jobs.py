@@ -177,11 +177,16 @@ def job_workspace(tmp_path: Path, demo_model_dir: Path):
 
 @pytest.fixture
 def local_ray():
+    """Ray for the job runner: the session's own when the shared server already started it (shutting that
+    down would take the server with it), else a local one of this test's own."""
     import ray
 
+    if ray.is_initialized():
+        yield
+        return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
 
