@@ -596,6 +596,15 @@ def _running_url(settings: Settings, store) -> str:
     return url
 
 
+def _settings_and_server(home: Path | None) -> tuple[Settings, str]:
+    settings = settings_for(home)
+    store = open_store(settings)
+    try:
+        return settings, _running_url(settings, store)
+    finally:
+        store.close()
+
+
 @app.command("eval")
 def evaluate(
     candidate: Annotated[str, typer.Argument(help="Adapter to evaluate (ft-NNNN).")],
@@ -670,12 +679,7 @@ def loop(home: Home = None) -> None:
     from deploy.loop import ImprovementLoop
     from deploy.workspace import read_admin_key
 
-    settings = settings_for(home)
-    store = open_store(settings)
-    try:
-        url = _running_url(settings, store)
-    finally:
-        store.close()
+    settings, url = _settings_and_server(home)
     improvement = ImprovementLoop(settings, url, read_admin_key(settings))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -701,12 +705,7 @@ def simulate(
     from deploy.workspace import read_admin_key
     from eval.simulated_users import SimulatedUsers
 
-    settings = settings_for(home)
-    store = open_store(settings)
-    try:
-        url = _running_url(settings, store)
-    finally:
-        store.close()
+    settings, url = _settings_and_server(home)
     crowd = SimulatedUsers(
         url, read_admin_key(settings), users=users, noise=noise, careful=not loose, target_style=style, seed=seed
     )
