@@ -101,7 +101,7 @@ def main() -> None:
             time.sleep(2)  # warm up
             steady_from = time.monotonic()
             time.sleep(args.steady_seconds)
-            steady = latencies(log, steady_from, time.monotonic())
+            steady_window = (steady_from, time.monotonic())
             swaps = []
             for i in range(args.swaps):
                 target = names[i % 2] if i < args.swaps - 1 else "base"
@@ -110,13 +110,13 @@ def main() -> None:
                 returned = time.monotonic()
                 reply.raise_for_status()
                 time.sleep(SWAP_WINDOW_S)
-                first = min((end for start_, end, model in log if start_ >= returned and model == target), default=None)
                 swaps.append(
                     {
                         "to": target,
+                        "began": began,
                         "promote_call_s": round(returned - began, 3),
-                        "swap_latency_s": None if first is None else round(first - began, 3),
-                        "during": latencies(log, began, began + SWAP_WINDOW_S),
+                        "returned": returned,
+                        "window": (began, began + SWAP_WINDOW_S),
                     }
                 )
         finally:
@@ -125,7 +125,16 @@ def main() -> None:
                 thread.join(timeout=120)
             admin.close()
             stop(settings)
-    during = [x for s in swaps for x in s.pop("during")]
+    if failures or not log:
+        print(f"{len(failures)} failed requests, e.g. {failures[:3]}", file=sys.stderr)
+    for swap in swaps:
+        target, returned = swap["to"], swap.pop("returned")
+        first = min((end for start_, end, model in log if start_ >= returned and model == target), default=None)
+        swap["swap_latency_s"] = None if first is None else round(first - swap["began"], 3)
+        swap.pop("began")
+    # requests are judged by when they STARTED, once all have finished
+    steady = latencies(log, *steady_window)
+    during = [x for s in swaps for x in latencies(log, *s.pop("window"))]
     result = {
         "clients": args.clients,
         "requests": len(log),
