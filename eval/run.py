@@ -18,7 +18,7 @@ from eval.judge import Judge, JudgeUnavailable, LLMJudge, RatingsJudge
 from eval.offline import Evaluation, evaluate, heldout_loss_of
 from eval.regression import load_suite
 from eval.report import write_report
-from feedback.models import EvalRun, new_id
+from feedback.models import Adapter, EvalRun, new_id
 from feedback.registry import AdapterRegistry
 from feedback.store import FeedbackStore
 from ratchet.settings import Settings
@@ -96,9 +96,6 @@ def run_evaluation(
         registry.set_status(candidate, "rejected", verdict)
     else:
         registry.set_status(candidate, record.status, verdict)
-    with store.session() as session:
-        from feedback.models import Adapter
-
-        row = session.get(Adapter, candidate)
-        row.report = str(report)
+    with store.session() as session:  # the registry links each adapter to its latest report
+        session.get(Adapter, candidate).report = str(report)
     return EvaluationOutcome(eval_id, evaluation, decision, report)
