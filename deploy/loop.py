@@ -79,6 +79,7 @@ class ImprovementLoop:
         self.client = OpenAI(base_url=url + "/v1", api_key=admin_key, timeout=300, max_retries=2)
         self.state: dict[str, Any] = self.store.get_state("loop") or {}
         self.state.update(state="idle", promotions=self.state.get("promotions", 0), rounds=self.state.get("rounds", 0))
+        self.state.setdefault("last_decision", None)  # the status contract always carries it
         self.state.setdefault("ratings_at_last_round", 0)
         self.state.setdefault("last_round_at", time.time())
         self._save()

@@ -44,6 +44,7 @@ def test_status_has_the_contract_shape(admin):
     for key in ("current", "previous", "canary", "engine", "base_model", "loop", "counts"):
         assert key in status
     assert set(status["counts"]) >= {"completions", "ratings", "comparisons", "examples", "users"}
+    assert {"state", "last_decision"} <= set(status["loop"])
     assert httpx.get(admin.base_url.join("/admin/status")).status_code == 401
 
 
