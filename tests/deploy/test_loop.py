@@ -141,3 +141,27 @@ def test_simulated_users_teach_the_loop_their_preference(server, admin, users):
     table = [[liked[0], 60 - liked[0]], [liked[1], 60 - liked[1]]]
     assert stats.fisher_exact(table, alternative="greater").pvalue < 0.05, (before, after)
     assert after["quality"] >= before["quality"] - 0.15, (before, after)
+
+
+def test_an_evaluation_crash_is_recorded_and_nothing_changes(server, admin):
+    settings = server.settings.model_copy(update={"loop_every_ratings": 1, "judge": "llm", "judge_url": ""})
+    before = admin.get("/admin/status").json()
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    for topic in corpus.TOPICS[:4]:  # corrections are SFT data whatever the base model answered
+        prompt = corpus.prompts(topic)[0]
+        answer = client.chat.completions.create(model="base", messages=[{"role": "user", "content": prompt}])
+        body = {"completion_id": answer.id, "rating": -1, "correction": corpus.canonical_answer(topic, "tldr")}
+        assert admin.post("/v1/feedback", json={**body, "user": "corrector"}).status_code in (200, 201)
+    loop = ImprovementLoop(settings, server.url, server.admin_key)
+    try:
+        decision = loop.tick()  # trains a candidate, then cannot judge it: the LLM judge has no endpoint
+    finally:
+        loop.close()
+    assert decision["action"] == "failed" and decision["stage"] == "evaluating", decision["error"]
+    assert "RATCHET_JUDGE_URL" in decision["error"]
+    after = admin.get("/admin/status").json()
+    assert (after["current"], after["canary"]) == (before["current"], before["canary"])
+    assert after["loop"]["last_decision"]["action"] == "failed"
+    with FeedbackStore(server.settings.store_url) as store:
+        candidate = AdapterRegistry(store, server.settings.adapters_dir).get(loop.state["candidate"])
+    assert candidate.status == "candidate"  # trained and registered, never judged, never served
