@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
-from conftest import register_test_adapter
+from conftest import make_lora_adapter, register_test_adapter
 
 from deploy import promotion
 from deploy.canary import arm_counts, decide
@@ -130,3 +131,32 @@ def test_restarted_runtime_serves_the_stored_current(workspace):
 
     answered, loaded = asyncio.run(route_after_start())
     assert answered == a and a in loaded
+
+
+def test_an_adapter_the_engine_cannot_load_is_a_409_without_paths(workspace):
+    import json
+
+    from serving.errors import APIError
+    from serving.runtime import ServingRuntime
+
+    settings, store, registry, _ = workspace
+    _, name = registry.next_name("prefix")
+    folder = make_lora_adapter(Path(settings.base_model_path), settings.adapters_dir / name, seed=3)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "PREFIX_TUNING"}))
+    registry.register(name, method="sft", base_model=settings.base_model_id, parent=None, path=folder)
+
+    async def route() -> APIError:
+        runtime = ServingRuntime(settings)
+        await runtime.start()
+        try:
+            await runtime.route(name, "someone")
+        except APIError as error:
+            return error
+        finally:
+            await runtime.shutdown()
+        raise AssertionError("the engine loaded a prefix-tuning adapter")
+
+    error = asyncio.run(route())
+    assert (error.status, error.code) == (409, "adapter_load_failed")
+    assert "only LoRA adapters" in error.message and str(settings.home) not in error.message
