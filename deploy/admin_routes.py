@@ -50,9 +50,9 @@ async def _store_call(function, *args, **kwargs):
         raise APIError(error.status, str(error), code=error.code) from error
 
 
-async def _switch(runtime: ServingRuntime) -> dict:
-    """Apply the stored state on this replica now; prune old adapters' files; answer with the status."""
-    await runtime.apply_state(await asyncio.to_thread(runtime.stored_state))
+async def _switch(runtime: ServingRuntime, state: dict) -> dict:
+    """Apply the state just stored on this replica now; prune old adapters' files; answer with the status."""
+    await runtime.apply_state(state)
     pruned = await asyncio.to_thread(
         promotion.prune, runtime.store, runtime.registry, keep=runtime.settings.keep_adapters
     )
@@ -82,29 +82,29 @@ async def admin_status(runtime: ServingRuntime = Depends(get_runtime)) -> dict:
 @router.post("/promote")
 async def admin_promote(body: PromoteBody, runtime: ServingRuntime = Depends(get_runtime)) -> dict:
     await _checked(runtime, body)
-    await _store_call(
+    state = await _store_call(
         promotion.promote, runtime.store, runtime.registry, body.adapter, force=body.force, reason=body.reason
     )
-    return await _switch(runtime)
+    return await _switch(runtime, state)
 
 
 @router.post("/rollback")
 async def admin_rollback(body: ReasonBody | None = None, runtime: ServingRuntime = Depends(get_runtime)) -> dict:
     reason = body.reason if body is not None else "manual"
-    await _store_call(promotion.rollback, runtime.store, runtime.registry, reason=reason)
-    return await _switch(runtime)
+    state = await _store_call(promotion.rollback, runtime.store, runtime.registry, reason=reason)
+    return await _switch(runtime, state)
 
 
 @router.post("/canary")
 async def admin_canary(body: CanaryBody, runtime: ServingRuntime = Depends(get_runtime)) -> dict:
     await _checked(runtime, body)
-    await _store_call(
+    state = await _store_call(
         promotion.start_canary, runtime.store, runtime.registry, body.adapter, body.fraction, force=body.force
     )
-    return await _switch(runtime)
+    return await _switch(runtime, state)
 
 
 @router.post("/canary/abort")
 async def admin_canary_abort(body: ReasonBody, runtime: ServingRuntime = Depends(get_runtime)) -> dict:
-    await _store_call(promotion.abort_canary, runtime.store, runtime.registry, reason=body.reason)
-    return await _switch(runtime)
+    state = await _store_call(promotion.abort_canary, runtime.store, runtime.registry, reason=body.reason)
+    return await _switch(runtime, state)

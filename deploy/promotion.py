@@ -32,15 +32,6 @@ class PromotionError(Exception):
         self.status, self.code = status, code
 
 
-def routing(store: FeedbackStore) -> dict[str, Any]:
-    stored = store.get_states(["current", "previous", "canary"])
-    return {
-        "current": (stored["current"] or {}).get("adapter"),
-        "previous": (stored["previous"] or {}).get("adapter"),
-        "canary": stored["canary"],
-    }
-
-
 def check_promotable(registry: AdapterRegistry, adapter: str, *, force: bool = False) -> None:
     """404 for a name the registry lacks, 409 for a rejected or retired adapter (unless forced)."""
     if adapter == "base":
@@ -79,7 +70,7 @@ def promote(
 ) -> dict[str, Any]:
     """Make `adapter` current at once and for everyone; the old current becomes previous."""
     check_promotable(registry, adapter, force=force)
-    state = routing(store)
+    state = store.routing_state()
     old_current, old_previous = state["current"], state["previous"]
     if old_current == adapter:
         return state
@@ -97,12 +88,12 @@ def promote(
     _set_status(registry, previous, "previous")
     _set_status(registry, adapter, "current")
     record_decision(store, {"action": "promote", "adapter": adapter, "from": old_current, "reason": reason})
-    return routing(store)
+    return store.routing_state()
 
 
 def rollback(store: FeedbackStore, registry: AdapterRegistry, *, reason: str = "manual") -> dict[str, Any]:
     """Serve `previous` again; the rolled-back adapter is marked rejected. 409 when there is no previous."""
-    state = routing(store)
+    state = store.routing_state()
     if not state["previous"]:
         raise PromotionError(409, "there is no previous adapter to roll back to", "no_previous")
     bad, back = state["current"], state["previous"]
@@ -111,7 +102,7 @@ def rollback(store: FeedbackStore, registry: AdapterRegistry, *, reason: str = "
     _set_status(registry, bad, "rejected", {"verdict": "rollback", "reasons": [reason]})
     _set_status(registry, back, "current")
     record_decision(store, decision)
-    return routing(store)
+    return store.routing_state()
 
 
 def start_canary(
@@ -121,7 +112,7 @@ def start_canary(
     if not 0 < fraction <= 1:
         raise PromotionError(400, f"fraction must be in (0, 1], got {fraction}", "invalid_fraction")
     check_promotable(registry, adapter, force=force)
-    state = routing(store)
+    state = store.routing_state()
     if adapter == state["current"]:
         raise PromotionError(409, f"{adapter} is already current", "already_current")
     if state["canary"] and state["canary"].get("adapter") not in (None, adapter):
@@ -129,23 +120,23 @@ def start_canary(
     store.set_states({"canary": {"adapter": adapter, "fraction": fraction, "started": time.time()}})
     _set_status(registry, adapter, "canary")
     record_decision(store, {"action": "canary", "adapter": adapter, "fraction": fraction})
-    return routing(store)
+    return store.routing_state()
 
 
 def abort_canary(store: FeedbackStore, registry: AdapterRegistry, *, reason: str) -> dict[str, Any]:
     """Stop the canary and mark its adapter rejected (the live numbers turned against it)."""
-    canary = routing(store)["canary"]
+    canary = store.routing_state()["canary"]
     if not canary:
         raise PromotionError(409, "no canary is running", "no_canary")
     store.set_states({"canary": None})
     _set_status(registry, canary["adapter"], "rejected", {"verdict": "rollback", "reasons": [reason]})
     record_decision(store, {"action": "rollback", "adapter": canary["adapter"], "reason": reason})
-    return routing(store)
+    return store.routing_state()
 
 
 def prune(store: FeedbackStore, registry: AdapterRegistry, *, keep: int) -> list[str]:
     """Delete the files of adapters outside current, previous, canary and the newest `keep`; records stay."""
-    state = routing(store)
+    state = store.routing_state()
     protected = {state["current"], state["previous"], (state["canary"] or {}).get("adapter")}
     records = sorted(registry.list(), key=lambda a: a.number, reverse=True)
     protected |= {a.name for a in records[:keep]}

@@ -22,11 +22,7 @@ _runner = None  # the fine-tuning JobRunner of this driver process, while start(
 def persisted_state(settings: Settings) -> dict:
     store = FeedbackStore(settings.store_url)
     try:
-        return {
-            "current": (store.get_state("current") or {}).get("adapter"),
-            "previous": (store.get_state("previous") or {}).get("adapter"),
-            "canary": store.get_state("canary"),
-        }
+        return store.routing_state()
     finally:
         store.close()
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from deploy.canary import arm_counts
-from deploy.promotion import decisions, routing
+from deploy.promotion import decisions
 from feedback.store import FeedbackStore
 from ratchet.settings import Settings
 
 
 def status_object(settings: Settings, store: FeedbackStore, **live: Any) -> dict[str, Any]:
-    state = routing(store)
+    state = store.routing_state()
     canary = state["canary"]
     if canary:
         canary = {**canary, "ratings": arm_counts(store, canary)}

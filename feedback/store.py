@@ -203,6 +203,11 @@ class FeedbackStore:
         return row, row.id == fresh_id
 
     # -- counts --------------------------------------------------------------------------------
+    def rating_count(self) -> int:
+        """How many ratings the store holds (the loop's trigger; `stats()` counts everything)."""
+        with self.session() as session:
+            return int(session.scalar(select(func.count()).select_from(Rating)))
+
     def stats(self) -> dict[str, Any]:
         """Counts in the shape of `ratchet data stats --json` (DESIGN.md); keys may be added, never renamed."""
         with self.session() as session:
@@ -252,6 +257,16 @@ class FeedbackStore:
                     set_={"value": stmt.excluded.value, "updated": stmt.excluded.updated},
                 )
                 session.execute(stmt)
+
+    def routing_state(self) -> dict[str, Any]:
+        """Who serves, as one consistent snapshot: {"current": name | None, "previous": name | None,
+        "canary": {"adapter", "fraction", "started"} | None} (deploy/ writes it; every replica follows it)."""
+        stored = self.get_states(["current", "previous", "canary"])
+        return {
+            "current": (stored["current"] or {}).get("adapter"),
+            "previous": (stored["previous"] or {}).get("adapter"),
+            "canary": stored["canary"],
+        }
 
     def get_states(self, keys: Sequence[str]) -> dict[str, dict | None]:
         """Several keys read in one transaction (one consistent snapshot)."""

@@ -78,7 +78,7 @@ class ServingRuntime:
         if starter is not None:
             await starter()
         self.context_length = self.engine.context_length
-        state = self.stored_state()
+        state = self.store.routing_state()
         try:
             await self.apply_state(state)
         except Exception:  # a bad persisted adapter must not keep the server down: serve the base
@@ -104,21 +104,12 @@ class ServingRuntime:
                 await self.ensure_adapter(name)
         self.state = {"current": state.get("current"), "previous": state.get("previous"), "canary": state.get("canary")}
 
-    def stored_state(self) -> dict[str, Any]:
-        """The desired routing state as the store holds it (deploy/ writes it on promote and rollback)."""
-        stored = self.store.get_states(["current", "previous", "canary"])
-        return {
-            "current": (stored["current"] or {}).get("adapter"),
-            "previous": (stored["previous"] or {}).get("adapter"),
-            "canary": stored["canary"],
-        }
-
     async def _follow_store_state(self) -> None:
         """Every replica converges on the stored state: a promotion handled by one replica reaches all."""
         while True:
             await asyncio.sleep(self.settings.state_sync_seconds)
             try:
-                wanted = await asyncio.to_thread(self.stored_state)
+                wanted = await asyncio.to_thread(self.store.routing_state)
                 if wanted != self.state:
                     await self.apply_state(wanted)
                     log.info("serving state now %s", wanted)
