@@ -143,10 +143,10 @@ def run_plain(
 ) -> dict:
     """Load, tokenize, train and save with torch + PEFT only; same data, schedule and loss as ratchet."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from retrain.trainers import to_trl_rows
+    from retrain.trainers import lora_config, to_trl_rows
 
     clock = _Clock()
     start = time.perf_counter()
@@ -158,14 +158,7 @@ def run_plain(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples = [_encode(tokenizer, row, hp.max_length) for row in to_trl_rows(method, rows)]
     # 2) the same LoRA adapter ratchet asks TRL for
-    lora = LoraConfig(
-        r=hp.lora_r,
-        lora_alpha=hp.lora_alpha,
-        lora_dropout=hp.lora_dropout,
-        target_modules=hp.target_modules,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+    lora = lora_config(hp)
     if checkpointing:  # what TRL's Trainer does with gradient_checkpointing=True
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, lora)

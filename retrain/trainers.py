@@ -217,7 +217,8 @@ def _load_model(base_model_path: str | Path, parent_adapter_dir: str | Path | No
     return model, tokenizer, shape
 
 
-def _lora_config(hp: Hyperparameters):
+def lora_config(hp: Hyperparameters):
+    """The LoRA adapter `hp` describes (what TRL gets as `peft_config`; benchmarks build the same)."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -271,7 +272,7 @@ def _make_trainer(method, model, tokenizer, train_data, eval_data, hp, resources
     common = _common_args(hp, resources, scratch, len(train_data), bool(eval_data))
     train_set = Dataset.from_list(train_data)
     eval_set = Dataset.from_list(eval_data) if eval_data else None
-    peft_config = None if has_parent else _lora_config(hp)
+    peft_config = None if has_parent else lora_config(hp)
     if method == "sft":
         from trl import SFTConfig, SFTTrainer
 
