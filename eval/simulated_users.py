@@ -64,9 +64,11 @@ class SimulatedUsers:
         self._turn = 0
 
     # -- the hidden preference ---------------------------------------------------------------------
+    def in_style(self, prompt: str, answer: str) -> bool:
+        return corpus.classify_style(answer, corpus.topic_of(prompt)) == self.target_style
+
     def likes(self, prompt: str, answer: str) -> bool:
-        in_style = corpus.classify_style(answer, corpus.topic_of(prompt)) == self.target_style
-        return in_style and (not self.careful or corpus.is_well_formed(prompt, answer))
+        return self.in_style(prompt, answer) and (not self.careful or corpus.is_well_formed(prompt, answer))
 
     # -- chatting and rating -----------------------------------------------------------------------
     def _draw(self) -> tuple[str, str, int, bool, float]:
@@ -147,8 +149,7 @@ class SimulatedUsers:
                 user="ratchet-measure",
             )
             answer = response.choices[0].message.content or ""
-            style = corpus.classify_style(answer, corpus.topic_of(prompt)) == self.target_style
-            return style, corpus.is_well_formed(prompt, answer)
+            return self.in_style(prompt, answer), corpus.is_well_formed(prompt, answer)
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             results = list(pool.map(sample, enumerate(picks)))
