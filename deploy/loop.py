@@ -99,9 +99,6 @@ class ImprovementLoop:
         self._save(last_decision=decision)
         return decision
 
-    def _ratings(self) -> int:
-        return int(self.store.stats()["ratings"]["total"])
-
     # -- one look ------------------------------------------------------------------------------
     def tick(self) -> dict[str, Any] | None:
         """Do what is due now; returns the decision taken (None when there was nothing to do)."""
@@ -111,7 +108,7 @@ class ImprovementLoop:
             if status.get("canary"):
                 stage = "canary"
                 return self._judge_canary(status)
-            new = self._ratings() - int(self.state["ratings_at_last_round"])
+            new = self.store.rating_count() - int(self.state["ratings_at_last_round"])
             minutes = (time.time() - float(self.state["last_round_at"])) / 60
             by_time = self.settings.loop_every_minutes > 0 and minutes >= self.settings.loop_every_minutes
             if new >= self.settings.loop_every_ratings or (by_time and new > 0):
@@ -145,7 +142,7 @@ class ImprovementLoop:
         from eval.run import run_evaluation
 
         current = status.get("current") or "base"
-        ratings = self._ratings()
+        ratings = self.store.rating_count()
         self._save(
             state="training",
             ratings_at_last_round=ratings,
