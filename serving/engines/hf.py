@@ -17,7 +17,11 @@ Contract (see `serving.engine`):
   A request for an adapter that is not loaded raises `AdapterNotLoadedError` (a KeyError) at once.
 - `abort(id)`, or closing / cancelling the `generate` iterator, takes the sequence out at the next step.
 - `torch_threads` is set in the decode thread; with OpenMP that is per thread, so the rest of the process
-  keeps its own. On a busy 2-core machine 1 thread is far steadier than 2 for a tiny model.
+  keeps its own. From settings, 0 means this machine's CPUs shared among the replicas: Ray gives a 1-CPU
+  replica one thread, and on the 30M benchmark model two threads serve 1.5x more (bench_serving.py).
+- On CPU with float32 weights, every Linear gets an MKL-packed copy of its weight for decode steps of
+  `max_batch_size // 2` to `max_batch_size` rows (`packed_linear.py`); the KV cache grows in place
+  (`hf_batch.SlabLayer`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import queue
 import re
 import threading
@@ -36,11 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ratchet.settings import Settings
 from serving.engine import AdapterLoadError, AdapterNotLoadedError, GenerationOutput, GenerationRequest
-from serving.engines.hf_batch import KVBatch, Sequence, deliver, left_pad, sample
+from serving.engines.hf_batch import KVBatch, Sequence, deliver, left_pad, new_cache, sample
+from serving.engines.packed_linear import pack_linears
 
 logger = logging.getLogger(__name__)
 DTYPES = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -58,6 +64,7 @@ class HFEngine:
         max_lora_rank: int = 64,
         max_model_len: int = 0,
         torch_threads: int = 0,
+        packed_gemm: bool = True,
         trust_remote_code: bool = False,
     ) -> None:
         if dtype not in DTYPES:
@@ -69,16 +76,17 @@ class HFEngine:
             self.model_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
         ).eval()
         self._base = self._load_base()
-        self._peft: Any = None  # the PeftModel around _base once an adapter is loaded
-        own_length = getattr(self._base.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
-        self.context_length = min(max_model_len, own_length) if max_model_len else own_length
-        self.eos_ids = _eos_ids(self.tokenizer, self._base.generation_config)
-        # Every module, with (in, out) features for Linear ones, taken before PEFT wraps them: adapters are
-        # checked against it.
+        # Module shapes for the adapter checks are taken before packing and before PEFT wraps anything.
         self._module_shapes = {
             name: (m.in_features, m.out_features) if isinstance(m, torch.nn.Linear) else None
             for name, m in self._base.named_modules()
         }
+        self._pack_rows = max_batch_size if packed_gemm else 0
+        self.packed = pack_linears(self._base, self._pack_rows) > 0
+        self._peft: Any = None  # the PeftModel around _base once an adapter is loaded
+        own_length = getattr(self._base.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
+        self.context_length = min(max_model_len, own_length) if max_model_len else own_length
+        self.eos_ids = _eos_ids(self.tokenizer, self._base.generation_config)
         # State below belongs to the decode loop thread; `_listed` is its read-only snapshot for other threads.
         self._adapters: OrderedDict[str, str] = OrderedDict()  # name -> path, least recently used first
         self._in_use: Counter[str] = Counter()  # adapter -> sequences waiting or running with it
@@ -101,7 +109,8 @@ class HFEngine:
             max_adapters=settings.max_adapters,
             max_lora_rank=settings.max_lora_rank,
             max_model_len=settings.max_model_len,
-            torch_threads=settings.torch_threads,
+            torch_threads=settings.torch_threads or max(1, _usable_cpus() // settings.replicas),
+            packed_gemm=settings.packed_gemm,
             trust_remote_code=settings.trust_remote_code,
         )
 
@@ -227,10 +236,10 @@ class HFEngine:
 
     def _prefill(self, seqs: list[Sequence]) -> tuple[KVBatch, torch.Tensor]:
         input_ids, mask, positions = left_pad([s.request.prompt_ids for s in seqs], pad_id=0)
-        batch = KVBatch(seqs, DynamicCache(), mask)
+        batch = KVBatch(seqs, new_cache(), mask)
         return batch, self._forward(input_ids, mask, positions, batch.cache, seqs)
 
-    def _forward(self, input_ids, mask, positions, cache: DynamicCache, seqs: list[Sequence]) -> torch.Tensor:
+    def _forward(self, input_ids, mask, positions, cache, seqs: list[Sequence]) -> torch.Tensor:
         """One forward pass; returns the float32 logits of each row's last position."""
         model, extra = self._base, {}
         if self._peft is not None:
@@ -374,6 +383,7 @@ class HFEngine:
     def _recover_from_failed_load(self, name: str) -> None:
         if self._peft is None:  # PEFT may have half-wrapped the base model: start again from the files
             self._base = self._load_base()
+            pack_linears(self._base, self._pack_rows)
         elif name in self._peft.peft_config:
             self._peft.delete_adapter(name)
 
@@ -450,6 +460,10 @@ class HFEngine:
                     if shape[1 if found[2] == "A" else 0] != (d_in if found[2] == "A" else d_out):
                         return f"{found[1]} is {d_in}->{d_out} here, but lora_{found[2]} is {shape}"
         return None
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _eos_ids(tokenizer: Any, generation_config: Any) -> set[int]:
