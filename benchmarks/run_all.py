@@ -28,6 +28,7 @@ OUT = HERE / "out"
 BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "ratings": ("bench_ratings.py", ["--n", "500"]),
     "feedback": ("bench_feedback.py", ["--ratings", "200"]),
+    "decode": ("bench_decode_step.py", ["--repeats", "2"]),
     "serving": ("bench_serving.py", ["--models", "demo", "--requests", "32"]),
     "swap": ("bench_swap.py", ["--swaps", "3", "--steady-seconds", "8"]),
     "training": ("bench_training.py", ["--repeats", "1"]),
@@ -88,6 +89,12 @@ def summary_rows() -> list[tuple[str, str]]:
                     f"{row['vs_store']:.2f}x",
                 )
             )
+    if data := _read("decode_step"):
+        for model, variants in data["results"].items():
+            for count in ("1", "32"):
+                if cell := variants["slab+packed"].get(count):
+                    what = f"decode step {model}, {count} row(s): in-place KV cache + packed GEMM vs transformers"
+                    rows.append((what, f"{cell['vs_transformers']:.2f}x"))
     if data := _read("serving"):
         rows += _serving_rows(data)
     if data := _read("swap"):

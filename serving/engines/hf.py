@@ -82,7 +82,7 @@ class HFEngine:
             for name, m in self._base.named_modules()
         }
         self._pack_rows = max_batch_size if packed_gemm else 0
-        self.packed = pack_linears(self._base, self._pack_rows) > 0
+        self.packed_layers = self._pack()
         self._peft: Any = None  # the PeftModel around _base once an adapter is loaded
         own_length = getattr(self._base.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
         self.context_length = min(max_model_len, own_length) if max_model_len else own_length
@@ -99,6 +99,17 @@ class HFEngine:
         self._commands: queue.Queue[tuple] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="hf-engine-decode", daemon=True)
         self._thread.start()
+
+    def _pack(self) -> int:
+        """Pack the base model's weights where that is faster, timed with the decode loop's thread count."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self._threads or threads)
+        try:
+            count = pack_linears(self._base, self._pack_rows)
+        finally:
+            torch.set_num_threads(threads)
+        logger.info("packed %d linear layers for decode steps of up to %d rows", count, self._pack_rows)
+        return count
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HFEngine:
@@ -383,7 +394,7 @@ class HFEngine:
     def _recover_from_failed_load(self, name: str) -> None:
         if self._peft is None:  # PEFT may have half-wrapped the base model: start again from the files
             self._base = self._load_base()
-            pack_linears(self._base, self._pack_rows)
+            self._pack()
         elif name in self._peft.peft_config:
             self._peft.delete_adapter(name)
 

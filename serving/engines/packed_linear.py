@@ -16,6 +16,8 @@ packed, and only where this torch has MKL; elsewhere `pack_linears` changes noth
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 
@@ -46,16 +48,46 @@ def can_pack(model: torch.nn.Module) -> str | None:
     return None
 
 
-def pack_linears(model: torch.nn.Module, rows: int) -> int:
-    """Turn every plain `nn.Linear` of `model` into a `PackedLinear` for `rows` rows; returns how many."""
+def pack_linears(model: torch.nn.Module, rows: int, *, calibrate: bool = True) -> int:
+    """Turn the plain `nn.Linear`s of `model` into `PackedLinear`s for `rows` rows; returns how many.
+
+    With `calibrate`, each weight shape is timed both ways at `rows` rows on the calling thread (so call it
+    with the thread count that will run the model) and packed only where the packed GEMM is at least 10 %
+    faster: on the 0.66M demo model's 128-wide matrices it is slower, on the 30M model's 512-wide ones
+    much faster."""
     if rows < 2 or can_pack(model) is not None:
         return 0
-    count = 0
+    groups: dict[tuple, list[torch.nn.Linear]] = {}
     for module in model.modules():
         if type(module) is torch.nn.Linear:
-            with torch.no_grad():
-                packed = torch.ops.mkl._mkl_reorder_linear_weight(module.weight.detach(), rows)
+            groups.setdefault((module.in_features, module.out_features, module.bias is not None), []).append(module)
+    count = 0
+    for modules in groups.values():
+        with torch.no_grad():
+            packed = [torch.ops.mkl._mkl_reorder_linear_weight(m.weight.detach(), rows) for m in modules]
+        if calibrate and not _packed_is_faster(modules[0], packed[0], rows):
+            continue
+        for module, weight in zip(modules, packed, strict=True):
             module.__class__ = PackedLinear
-            module.packed_rows, module.packed_weight = rows, packed
-            count += 1
+            module.packed_rows, module.packed_weight = rows, weight
+        count += len(modules)
     return count
+
+
+def _packed_is_faster(linear: torch.nn.Linear, packed: torch.Tensor, rows: int) -> bool:
+    x = torch.randn(rows, linear.in_features)
+
+    def best_of(call) -> float:
+        call()  # the first call allocates
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(3):
+                call()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    with torch.inference_mode():
+        plain = best_of(lambda: torch.nn.functional.linear(x, linear.weight, linear.bias))
+        fast = best_of(lambda: torch.ops.mkl._mkl_linear(x, packed, linear.weight, linear.bias, rows))
+    return fast < 0.9 * plain

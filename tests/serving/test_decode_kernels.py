@@ -33,7 +33,7 @@ def test_packed_linear_equals_linear_for_every_row_count(rows):
     expected_weight = linear.weight.detach().clone()
     x = torch.randn(rows, 96)
     expected = torch.nn.functional.linear(x, linear.weight, linear.bias)
-    assert pack_linears(linear, 16) == 1
+    assert pack_linears(linear, 16, calibrate=False) == 1
     assert isinstance(linear, PackedLinear) and isinstance(linear, torch.nn.Linear)
     with torch.inference_mode():
         got = linear(x)
@@ -51,17 +51,17 @@ def test_pack_linears_packs_every_linear_of_a_model_and_keeps_its_logits():
     with torch.inference_mode():
         before = model(input_ids=ids).logits
     linears = sum(type(m) is torch.nn.Linear for m in model.modules())
-    assert pack_linears(model, 32) == linears == 2 * 7 + 1  # q k v o gate up down per layer, and the head
+    assert pack_linears(model, 32, calibrate=False) == linears == 2 * 7 + 1  # 7 per layer, and the head
     with torch.inference_mode():
         after = model(input_ids=ids).logits  # 24 rows: the padded, packed path
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
-    assert pack_linears(model, 32) == 0  # already packed: nothing is packed twice
+    assert pack_linears(model, 32, calibrate=False) == 0  # already packed: nothing is packed twice
 
 
 def test_only_float32_cpu_weights_are_packed():
     model = tiny_llama().to(torch.bfloat16)
     assert "bfloat16" in can_pack(model)
-    assert pack_linears(model, 32) == 0
+    assert pack_linears(model, 32, calibrate=False) == 0
     assert not any(isinstance(m, PackedLinear) for m in model.modules())
 
 
