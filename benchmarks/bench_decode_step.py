@@ -113,7 +113,7 @@ def main() -> None:
         for variant, by_rows in variants.items():
             cells = [f"{c['ms']:.1f} ({c['vs_transformers']:.2f}×)" for c in by_rows.values()]
             table.add_row(name, variant, *cells)
-    Console().print(table)
+    Console(width=150).print(table)
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
     OUT.mkdir(exist_ok=True)
     record = {"benchmark": "bench_decode_step", "args": vars(args), "machine": machine, "results": results}
