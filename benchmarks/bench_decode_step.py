@@ -109,8 +109,9 @@ def main() -> None:
     for r in row_counts:
         table.add_column(f"{r} rows", justify="right")
     for name, variants in results.items():
-        print(f"{name}: packed {variants.pop('packed_layers')} Linear layers (the ones where packing is faster)")
-        for variant, by_rows in variants.items():
+        print(f"{name}: packed {variants['packed_layers']} Linear layers (the ones where packing is faster)")
+        for variant in VARIANTS:
+            by_rows = variants[variant]
             cells = [f"{c['ms']:.1f} ({c['vs_transformers']:.2f}×)" for c in by_rows.values()]
             table.add_row(name, variant, *cells)
     Console(width=150).print(table)
