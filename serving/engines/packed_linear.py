@@ -64,18 +64,19 @@ def pack_linears(model: torch.nn.Module, rows: int, *, calibrate: bool = True) -
             groups.setdefault((module.in_features, module.out_features, module.bias is not None), []).append(module)
     count = 0
     for modules in groups.values():
-        with torch.no_grad():
-            packed = [torch.ops.mkl._mkl_reorder_linear_weight(m.weight.detach(), rows) for m in modules]
-        if calibrate and not _packed_is_faster(modules[0], packed[0], rows):
+        if calibrate and not _packed_is_faster(modules[0], rows):
             continue
-        for module, weight in zip(modules, packed, strict=True):
-            module.__class__ = PackedLinear
-            module.packed_rows, module.packed_weight = rows, weight
+        for module in modules:
+            with torch.no_grad():
+                module.packed_weight = torch.ops.mkl._mkl_reorder_linear_weight(module.weight.detach(), rows)
+            module.__class__, module.packed_rows = PackedLinear, rows
         count += len(modules)
     return count
 
 
-def _packed_is_faster(linear: torch.nn.Linear, packed: torch.Tensor, rows: int) -> bool:
+def _packed_is_faster(linear: torch.nn.Linear, rows: int) -> bool:
+    with torch.no_grad():
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(linear.weight.detach(), rows)
     x = torch.randn(rows, linear.in_features)
 
     def best_of(call) -> float:
