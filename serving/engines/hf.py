@@ -19,9 +19,9 @@ Contract (see `serving.engine`):
 - `torch_threads` is set in the decode thread; with OpenMP that is per thread, so the rest of the process
   keeps its own. From settings, 0 means this machine's CPUs shared among the replicas: Ray gives a 1-CPU
   replica one thread, and on the 30M benchmark model two threads serve 1.5x more (bench_serving.py).
-- On CPU with float32 weights, every Linear gets an MKL-packed copy of its weight for decode steps of
-  `max_batch_size // 2` to `max_batch_size` rows (`packed_linear.py`); the KV cache grows in place
-  (`hf_batch.SlabLayer`).
+- On CPU with float32 weights, each Linear whose shape the packed GEMM runs faster (timed at start) gets an
+  MKL-packed copy of its weight for decode steps of `max_batch_size // 2` to `max_batch_size` rows
+  (`packed_linear.py`); the KV cache grows in place (`hf_batch.SlabLayer`).
 """
 
 from __future__ import annotations
