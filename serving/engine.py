@@ -61,6 +61,10 @@ class AdapterLoadError(RuntimeError):
     """An adapter could not be loaded (bad files, wrong base model, rank over the limit, ...)."""
 
 
+class AdapterBusyError(AdapterLoadError):
+    """A load refused for now, not for good: the name is in use or being unloaded, or every slot is busy."""
+
+
 class Engine(Protocol):
     """What every engine offers. `generate` may be called concurrently from many tasks."""
 

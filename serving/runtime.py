@@ -23,7 +23,7 @@ from feedback.store import FeedbackStore
 from feedback.writer import CompletionLogWriter
 from ratchet.settings import Settings
 from serving import metrics
-from serving.engine import AdapterLoadError, Engine, GenerationRequest, SamplingParams
+from serving.engine import AdapterBusyError, AdapterLoadError, Engine, GenerationRequest, SamplingParams
 from serving.errors import APIError, model_not_found
 from serving.ratelimit import FeedbackRateLimiter
 
@@ -257,16 +257,13 @@ class ServingRuntime:
         return list(encoded["input_ids"])
 
 
-TRANSIENT_LOAD_ERRORS = ("in use", "being unloaded", "slots are in use")
-
-
-def _load_refused(name: str, error: Exception, adapters_dir: Path) -> APIError:
+def _load_refused(name: str, error: AdapterLoadError, adapters_dir: Path) -> APIError:
     """An engine's refusal to load, as the client sees it: 503 (retry) while slots are busy, else 409;
     never the workspace's paths."""
     message = (
         str(error).replace(str(Path(adapters_dir).resolve()), "<adapters>").replace(str(adapters_dir), "<adapters>")
     )
-    if any(marker in message for marker in TRANSIENT_LOAD_ERRORS):
+    if isinstance(error, AdapterBusyError):
         return APIError(503, f"{message}; retry shortly", code="adapter_unavailable", headers={"Retry-After": "2"})
     return APIError(409, f"adapter {name} cannot be served: {message}", param="model", code="adapter_load_failed")
 

@@ -44,7 +44,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ratchet.settings import Settings
-from serving.engine import AdapterLoadError, AdapterNotLoadedError, GenerationOutput, GenerationRequest
+from serving.engine import (
+    AdapterBusyError,
+    AdapterLoadError,
+    AdapterNotLoadedError,
+    GenerationOutput,
+    GenerationRequest,
+)
 from serving.engines.hf_batch import KVBatch, Sequence, deliver, left_pad, new_cache, sample
 from serving.engines.packed_linear import pack_linears
 
@@ -82,7 +88,7 @@ class HFEngine:
             for name, m in self._base.named_modules()
         }
         self._pack_rows = max_batch_size if packed_gemm else 0
-        self.packed_layers = self._pack()
+        self._pack()
         self._peft: Any = None  # the PeftModel around _base once an adapter is loaded
         own_length = getattr(self._base.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
         self.context_length = min(max_model_len, own_length) if max_model_len else own_length
@@ -100,7 +106,7 @@ class HFEngine:
         self._thread = threading.Thread(target=self._loop, name="hf-engine-decode", daemon=True)
         self._thread.start()
 
-    def _pack(self) -> int:
+    def _pack(self) -> None:
         """Pack the base model's weights where that is faster, timed with the decode loop's thread count."""
         threads = torch.get_num_threads()
         torch.set_num_threads(self._threads or threads)
@@ -109,7 +115,6 @@ class HFEngine:
         finally:
             torch.set_num_threads(threads)
         logger.info("packed %d linear layers for decode steps of up to %d rows", count, self._pack_rows)
-        return count
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HFEngine:
@@ -365,17 +370,17 @@ class HFEngine:
 
     def _load(self, name: str, path: str) -> None:
         if name in self._unloading:
-            raise AdapterLoadError(f"adapter {name!r} is being unloaded; wait for that, or use a new name")
+            raise AdapterBusyError(f"adapter {name!r} is being unloaded; wait for that, or use a new name")
         if name in self._adapters:
             if self._adapters[name] == path:
                 return self._adapters.move_to_end(name)
             if self._in_use[name]:
-                raise AdapterLoadError(f"adapter {name!r} is in use by running requests; load it under a new name")
+                raise AdapterBusyError(f"adapter {name!r} is in use by running requests; load it under a new name")
             self._delete(name)
         while len(self._adapters) >= self.max_adapters:
             idle = next((n for n in self._adapters if not self._in_use[n]), None)
             if idle is None:
-                raise AdapterLoadError(f"all {self.max_adapters} adapter slots are in use; raise max_adapters")
+                raise AdapterBusyError(f"all {self.max_adapters} adapter slots are in use; raise max_adapters")
             logger.info("evicting adapter %s (least recently used)", idle)
             self._delete(idle)
         from peft import PeftModel

@@ -37,7 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from ratchet.settings import Settings
-from serving.engine import AdapterLoadError, AdapterNotLoadedError, FinishReason, GenerationOutput, GenerationRequest
+from serving.engine import (
+    AdapterBusyError,
+    AdapterLoadError,
+    AdapterNotLoadedError,
+    FinishReason,
+    GenerationOutput,
+    GenerationRequest,
+)
 
 logger = logging.getLogger(__name__)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -237,19 +244,19 @@ class VLLMEngine:
         path = str(Path(path).resolve())
         async with self._lock():
             if name in self._unloading:
-                raise AdapterLoadError(f"adapter {name!r} is being unloaded; wait for that, or use a new name")
+                raise AdapterBusyError(f"adapter {name!r} is being unloaded; wait for that, or use a new name")
             loaded = self._adapters.get(name)
             if loaded is not None and loaded.lora_path == path:
                 self._adapters.move_to_end(name)
                 return
             if loaded is not None:
                 if self._in_use[name]:
-                    raise AdapterLoadError(f"adapter {name!r} is in use by running requests; load it under a new name")
+                    raise AdapterBusyError(f"adapter {name!r} is in use by running requests; load it under a new name")
                 await self._remove(name)
             while len(self._adapters) >= self.max_adapters:
                 idle = next((n for n in self._adapters if not self._in_use[n]), None)
                 if idle is None:
-                    raise AdapterLoadError(f"all {self.max_adapters} adapter slots are in use; raise max_adapters")
+                    raise AdapterBusyError(f"all {self.max_adapters} adapter slots are in use; raise max_adapters")
                 logger.info("evicting adapter %s (least recently used)", idle)
                 await self._remove(idle)
             lora_id = self._ids.setdefault((name, path), next(self._next_id))

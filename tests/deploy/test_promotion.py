@@ -160,3 +160,14 @@ def test_an_adapter_the_engine_cannot_load_is_a_409_without_paths(workspace):
     error = asyncio.run(route())
     assert (error.status, error.code) == (409, "adapter_load_failed")
     assert "only LoRA adapters" in error.message and str(settings.home) not in error.message
+
+
+def test_a_busy_engine_is_a_503_to_retry_and_a_broken_adapter_a_409(tmp_path):
+    from serving.engine import AdapterBusyError, AdapterLoadError
+    from serving.runtime import _load_refused
+
+    busy = _load_refused("ft-0001", AdapterBusyError("all 8 adapter slots are in use; raise max_adapters"), tmp_path)
+    assert (busy.status, busy.code, busy.headers) == (503, "adapter_unavailable", {"Retry-After": "2"})
+    broken = _load_refused("ft-0001", AdapterLoadError(f"could not load from {tmp_path}/ft-0001: bad"), tmp_path)
+    assert (broken.status, broken.code) == (409, "adapter_load_failed")
+    assert str(tmp_path) not in broken.message and "<adapters>/ft-0001" in broken.message

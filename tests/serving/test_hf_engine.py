@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from serving.detokenize import IncrementalDetokenizer, StopStringMatcher
-from serving.engine import AdapterLoadError, GenerationOutput, GenerationRequest, SamplingParams
+from serving.engine import AdapterBusyError, AdapterLoadError, GenerationOutput, GenerationRequest, SamplingParams
 from serving.engines.hf import HFEngine
 
 pytestmark = pytest.mark.slow
@@ -307,7 +307,7 @@ def test_load_unload_and_lru_eviction(demo_model_dir, lora_adapters, prompts, pl
         await collect(engine, request(prompts[0], adapter="cat"))
         await engine.load_adapter("bob", str(lora_adapters["bob"]))
         assert sorted(engine.adapters()) == ["ada", "bob"], "cat goes: ada is in use"
-        with pytest.raises(AdapterLoadError, match="in use"):
+        with pytest.raises(AdapterBusyError, match="in use"):  # busy, not broken: the server answers 503
             await engine.load_adapter("ada", str(lora_adapters["cat"]))  # replacing a busy adapter
 
         # Unloading waits for the requests that use the adapter; new requests for it are refused meanwhile.
