@@ -17,8 +17,10 @@ Contract (see `serving.engine`):
   A request for an adapter that is not loaded raises `AdapterNotLoadedError` (a KeyError) at once.
 - `abort(id)`, or closing / cancelling the `generate` iterator, takes the sequence out at the next step.
 - `torch_threads` is set in the decode thread; with OpenMP that is per thread, so the rest of the process
-  keeps its own. From settings, 0 means this machine's CPUs shared among the replicas: Ray gives a 1-CPU
-  replica one thread, and on the 30M benchmark model two threads serve 1.5x more (bench_serving.py).
+  keeps its own. 0 picks it by timing a decode step of `max_batch_size` rows at 1..`max_threads` threads
+  (`threads.pick_threads`): one thread for the demo model, whose steps are too small to split, two for the
+  30M benchmark model. `max_threads` defaults to this machine's CPUs; from settings, to them shared among
+  the replicas (Ray alone would give a 1-CPU replica one thread whatever the model).
 - On CPU with float32 weights, each Linear whose shape the packed GEMM runs faster (timed at start) gets an
   MKL-packed copy of its weight for decode steps of `max_batch_size // 2` to `max_batch_size` rows
   (`packed_linear.py`); the KV cache grows in place (`hf_batch.SlabLayer`).
@@ -53,6 +55,7 @@ from serving.engine import (
 )
 from serving.engines.hf_batch import KVBatch, Sequence, deliver, left_pad, new_cache, sample
 from serving.engines.packed_linear import pack_linears
+from serving.engines.threads import pick_threads
 
 logger = logging.getLogger(__name__)
 DTYPES = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -70,18 +73,21 @@ class HFEngine:
         max_lora_rank: int = 64,
         max_model_len: int = 0,
         torch_threads: int = 0,
+        max_threads: int = 0,
         packed_gemm: bool = True,
         trust_remote_code: bool = False,
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         self.model_path, self.max_batch_size = str(model_path), max_batch_size
-        self.max_adapters, self.max_lora_rank, self._threads = max_adapters, max_lora_rank, torch_threads
+        self.max_adapters, self.max_lora_rank = max_adapters, max_lora_rank
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=trust_remote_code)
         self._load_base = lambda: AutoModelForCausalLM.from_pretrained(
             self.model_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
         ).eval()
         self._base = self._load_base()
+        self._threads = torch_threads or pick_threads(self._base, max_batch_size, max_threads or _usable_cpus())
+        logger.info("decode loop runs %d torch thread(s)%s", self._threads, "" if torch_threads else " (timed)")
         # Module shapes for the adapter checks are taken before packing and before PEFT wraps anything.
         self._module_shapes = {
             name: (m.in_features, m.out_features) if isinstance(m, torch.nn.Linear) else None
@@ -109,7 +115,7 @@ class HFEngine:
     def _pack(self) -> None:
         """Pack the base model's weights where that is faster, timed with the decode loop's thread count."""
         threads = torch.get_num_threads()
-        torch.set_num_threads(self._threads or threads)
+        torch.set_num_threads(self._threads)
         try:
             count = pack_linears(self._base, self._pack_rows)
         finally:
@@ -125,7 +131,8 @@ class HFEngine:
             max_adapters=settings.max_adapters,
             max_lora_rank=settings.max_lora_rank,
             max_model_len=settings.max_model_len,
-            torch_threads=settings.torch_threads or max(1, _usable_cpus() // settings.replicas),
+            torch_threads=settings.torch_threads,
+            max_threads=max(1, _usable_cpus() // settings.replicas),
             packed_gemm=settings.packed_gemm,
             trust_remote_code=settings.trust_remote_code,
         )
@@ -184,8 +191,7 @@ class HFEngine:
     # ---- the decode loop (its own thread: the only code that touches the model) -----------------------
 
     def _loop(self) -> None:
-        if self._threads > 0:  # with OpenMP this is per thread: it sets the engine's threads, not the process's
-            torch.set_num_threads(self._threads)
+        torch.set_num_threads(self._threads)  # with OpenMP this is per thread: the engine's, not the process's
         with torch.inference_mode():
             while self._handle_commands(block=not self._waiting and self._batch is None):
                 try:
