@@ -9,6 +9,8 @@ system generates exactly the same number of tokens), at concurrency 1, 8 and 32.
 - `naive`         a loop of single-request `model.generate` (the baseline every ratio is against)
 - `hf-engine`     ratchet's HFEngine called in-process (continuous batching, no HTTP)
 - `hf-served`     the same engine through ratchet's Ray Serve app, HTTP and completion logging included
+                  (Ray Serve's HAProxy ingress, ratchet's default)
+- `hf-served-proxy` the same, through Ray Serve's Python proxy actor instead (RATCHET_INGRESS=proxy)
 - `vllm-engine`   ratchet's VLLMEngine in-process            (only where vLLM is installed)
 - `vllm-served`   ratchet on Ray Serve with the vLLM engine    (only where vLLM is installed)
 - `vllm-server`   vLLM's own OpenAI server, the peer users would pick instead (only where vLLM is installed)
@@ -188,7 +190,9 @@ async def run_http(base_url: str, model: str, requests: int, tokens: int, levels
         return {c: await _drive(one, requests, c, tokens) for c in levels}
 
 
-def served(engine_name: str, model_dir: Path, requests: int, tokens: int, levels: list[int]) -> dict:
+def served(
+    engine_name: str, model_dir: Path, requests: int, tokens: int, levels: list[int], ingress: str = "haproxy"
+) -> dict:
     from deploy.server import start, stop
     from deploy.workspace import init_workspace
     from ratchet.settings import Settings
@@ -202,6 +206,7 @@ def served(engine_name: str, model_dir: Path, requests: int, tokens: int, levels
             port=free_port(),
             max_model_len=512,
             max_concurrent_requests=64,
+            ingress=ingress,
         )
         init_workspace(settings, progress=False)
         url = start(settings)
@@ -259,7 +264,9 @@ def vllm_server(model_dir: Path, requests: int, tokens: int, levels: list[int]) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="demo,random-30m")
-    parser.add_argument("--systems", default="naive,hf-engine,hf-served,vllm-engine,vllm-served,vllm-server")
+    parser.add_argument(
+        "--systems", default="naive,hf-engine,hf-served,hf-served-proxy,vllm-engine,vllm-served,vllm-server"
+    )
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--concurrency", default="1,8,32")
@@ -310,6 +317,8 @@ def run_system(system: str, path: Path, args: argparse.Namespace, levels: list[i
         return run_naive(path, max(4, args.requests // 8), args.tokens)
     if system.endswith("-engine"):
         return asyncio.run(run_engine(system.split("-")[0], path, args.requests, args.tokens, levels))
+    if system.endswith("-served-proxy"):
+        return served(system.split("-")[0], path, args.requests, args.tokens, levels, ingress="proxy")
     if system.endswith("-served"):
         return served(system.split("-")[0], path, args.requests, args.tokens, levels)
     if system == "vllm-server":

@@ -29,6 +29,11 @@ log = logging.getLogger("ratchet.serving")
 APP_NAME = "ratchet"
 DEPLOYMENT_NAME = "RatchetServer"
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
+# The haproxy ingress: Ray Serve runs HAProxy on the public port, forwarding each request straight to the
+# HTTP port of a replica (direct ingress), instead of through its Python proxy actor. A stopping replica
+# waits this long for HAProxy to stop sending it requests (Ray's default, 30 s, is for external balancers).
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")
 SECRET_SETTINGS = {"api_keys", "judge_api_key"}
 
 
@@ -147,8 +152,15 @@ def serve_config(
 def start_ray(settings: Settings) -> None:
     import ray
 
-    os.environ.update({k: os.environ.get(k, v) for k, v in RAY_ENV.items()})
+    # Each of Ray's processes reads these once as it starts: they must be in the environment before ray.init.
+    haproxy = settings.ingress == "haproxy"
+    env = {**RAY_ENV, **(HAPROXY_ENV if haproxy else {})}
+    os.environ.update({k: os.environ.get(k, v) for k, v in env.items()})
+    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if haproxy else "0"  # the setting wins over the environment
     if not ray.is_initialized():
+        if haproxy:  # HAProxy's stats and metrics ports and Serve's fallback proxy: fixed by default, so
+            # a second server on this machine (or a test's) would find them taken
+            os.environ.update({name: str(_free_port()) for name in HAPROXY_PORTS})
         # "local": a plain ray.init() joins the newest cluster on this machine (/tmp/ray/ray_current_cluster),
         # so a second `ratchet serve` would share, and die with, another server's Ray.
         ray.init(
@@ -159,6 +171,14 @@ def start_ray(settings: Settings) -> None:
             log_to_driver=True,
             runtime_env={"env_vars": RAY_ENV},
         )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def deploy(config: dict[str, Any], *, timeout: float = 600.0) -> None:
