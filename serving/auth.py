@@ -3,11 +3,14 @@
 Chat, feedback, files and fine-tuning routes need `Authorization: Bearer <key>` once any API key exists
 (none: they are open, and the server binds to 127.0.0.1 by default). Admin routes always need the
 workspace's admin key; a valid API key there is 403, anything else 401. Key lookups are cached briefly
-so a request does not cost a database round trip.
+so a request does not cost a database round trip. The dependencies are `async`: a cached answer costs no
+worker-thread hop (FastAPI runs a plain `def` dependency in its thread pool), and a lookup that does reach
+the store runs in a thread so the event loop never waits on the database.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 
@@ -27,19 +30,20 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _keys_exist(runtime: ServingRuntime) -> bool:
+async def _keys_exist(runtime: ServingRuntime) -> bool:
     now = time.monotonic()
     if now >= _any_keys[0]:
-        _any_keys[:] = [now + CACHE_SECONDS, any(k.revoked is None for k in runtime.store.list_api_keys())]
+        keys = await asyncio.to_thread(runtime.store.list_api_keys)
+        _any_keys[:] = [now + CACHE_SECONDS, any(k.revoked is None for k in keys)]
     return bool(_any_keys[1])
 
 
-def _key_id(runtime: ServingRuntime, token: str) -> str | None:
+async def _key_id(runtime: ServingRuntime, token: str) -> str | None:
     now = time.monotonic()
     cached = _cache.get(token)
     if cached and cached[0] > now:
         return cached[1]
-    record = runtime.store.verify_api_key(token)
+    record = await asyncio.to_thread(runtime.store.verify_api_key, token)
     key_id = record.id if record is not None else None
     if len(_cache) > 10_000:
         _cache.clear()
@@ -51,26 +55,26 @@ def _is_admin(runtime: ServingRuntime, token: str | None) -> bool:
     return token is not None and hmac.compare_digest(token.encode(), runtime.admin_key.encode())
 
 
-def require_api_key(request: Request, runtime: ServingRuntime = Depends(get_runtime)) -> str | None:
+async def require_api_key(request: Request, runtime: ServingRuntime = Depends(get_runtime)) -> str | None:
     """The calling key's id (None when the routes are open, or for the admin key)."""
     token = _bearer(request)
     if _is_admin(runtime, token):
         return None
-    if not _keys_exist(runtime):
-        return _key_id(runtime, token) if token else None
+    if not await _keys_exist(runtime):
+        return await _key_id(runtime, token) if token else None
     if token is None:
         raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
-    key_id = _key_id(runtime, token)
+    key_id = await _key_id(runtime, token)
     if key_id is None:
         raise APIError(401, "invalid or revoked API key", code="invalid_api_key")
     return key_id
 
 
-def require_admin(request: Request, runtime: ServingRuntime = Depends(get_runtime)) -> None:
+async def require_admin(request: Request, runtime: ServingRuntime = Depends(get_runtime)) -> None:
     token = _bearer(request)
     if _is_admin(runtime, token):
         return
-    if token is not None and _key_id(runtime, token) is not None:
+    if token is not None and await _key_id(runtime, token) is not None:
         raise APIError(
             403,
             "this API key may not use admin routes: use the admin key (<home>/admin.key)",

@@ -286,7 +286,7 @@ def _finish(call: Call, runtime: ServingRuntime) -> None:
             api_key_id=call.key_id,
             model=body.model,
             adapter=call.route.answered,
-            base_model=runtime.settings.base_model_id,
+            base_model=runtime.base_model_id,
             route=call.route.arm,
             messages=[m.model_dump(exclude_none=True) for m in body.messages],
             choices=[
