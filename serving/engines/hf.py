@@ -29,11 +29,9 @@ Contract (see `serving.engine`):
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import queue
-import re
 import threading
 import warnings
 from collections import Counter, OrderedDict
@@ -46,6 +44,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ratchet.settings import Settings
+from serving.adapter_files import check_adapter_files, check_fits, module_shapes
 from serving.engine import (
     AdapterBusyError,
     AdapterLoadError,
@@ -89,10 +88,7 @@ class HFEngine:
         self._threads = torch_threads or pick_threads(self._base, max_batch_size, max_threads or _usable_cpus())
         logger.info("decode loop runs %d torch thread(s)%s", self._threads, "" if torch_threads else " (timed)")
         # Module shapes for the adapter checks are taken before packing and before PEFT wraps anything.
-        self._module_shapes = {
-            name: (m.in_features, m.out_features) if isinstance(m, torch.nn.Linear) else None
-            for name, m in self._base.named_modules()
-        }
+        self._module_shapes = module_shapes(self._base)
         self._pack_rows = max_batch_size if packed_gemm else 0
         self._pack()
         self._peft: Any = None  # the PeftModel around _base once an adapter is loaded
@@ -164,7 +160,8 @@ class HFEngine:
         self._commands.put(("abort", request_id))
 
     async def load_adapter(self, name: str, path: str) -> None:
-        self._check_adapter_files(name, Path(path))
+        config = check_adapter_files(name, Path(path), self.max_lora_rank)
+        check_fits(name, Path(path), config, self._module_shapes, self.model_path)
         await self._call("load", name, str(path))
 
     async def unload_adapter(self, name: str) -> None:
@@ -435,53 +432,6 @@ class HFEngine:
     def _publish(self) -> None:
         """Refresh the snapshot other threads read: loaded adapters, less those being unloaded."""
         self._listed = tuple(n for n in self._adapters if n not in self._unloading)
-
-    def _check_adapter_files(self, name: str, path: Path) -> None:
-        """Refuse what we cannot or must not load, with a message that says what to do."""
-        if not name or "." in name or name == "__base__":
-            raise AdapterLoadError(f"adapter name {name!r} is not allowed (no dots, not empty, not __base__)")
-        config_file, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
-        if not config_file.is_file():
-            raise AdapterLoadError(f"adapter {name!r}: no adapter_config.json in {path}")
-        if not weights.is_file():
-            hint = " (.bin pickles are refused: re-save with safetensors)" if any(path.glob("*.bin")) else ""
-            raise AdapterLoadError(f"adapter {name!r}: no adapter_model.safetensors in {path}{hint}")
-        config = json.loads(config_file.read_text())
-        if config.get("peft_type") != "LORA":
-            raise AdapterLoadError(f"adapter {name!r} is {config.get('peft_type')}; only LoRA adapters are served")
-        rank = max([config.get("r", 0), *(config.get("rank_pattern") or {}).values()])
-        if rank > self.max_lora_rank:
-            raise AdapterLoadError(
-                f"adapter {name!r} has LoRA rank {rank}, over max_lora_rank={self.max_lora_rank}: "
-                "retrain with a smaller r or raise RATCHET_MAX_LORA_RANK"
-            )
-        problem = self._misfit(config.get("target_modules") or [], weights)
-        if problem:
-            raise AdapterLoadError(
-                f"adapter {name!r} (trained on {config.get('base_model_name_or_path')}) does not fit "
-                f"{self.model_path}: {problem}; retrain it on this base model"
-            )
-
-    def _misfit(self, targets: str | list[str], weights: Path) -> str | None:
-        """A target module missing here, or a LoRA weight whose shape does not match its module's."""
-        names = list(self._module_shapes)
-        if isinstance(targets, str) and targets != "all-linear" and not any(re.fullmatch(targets, n) for n in names):
-            return f"no module matches target_modules {targets!r}"
-        for target in targets if isinstance(targets, list) else []:
-            if not any(n == target or n.endswith("." + target) for n in names):
-                return f"the base model has no module named {target!r}"
-        from safetensors import safe_open
-
-        with safe_open(str(weights), "pt") as tensors:
-            for key in tensors.keys():  # noqa: SIM118 (safe_open is not a dict)
-                found = re.fullmatch(r"base_model\.model\.(.+)\.lora_([AB])\.weight", key)
-                if found and found[1] not in self._module_shapes:
-                    return f"the base model has no module {found[1]!r}"
-                if found and self._module_shapes[found[1]]:  # shapes are checked for Linear modules
-                    (d_in, d_out), shape = self._module_shapes[found[1]], tensors.get_slice(key).get_shape()
-                    if shape[1 if found[2] == "A" else 0] != (d_in if found[2] == "A" else d_out):
-                        return f"{found[1]} is {d_in}->{d_out} here, but lora_{found[2]} is {shape}"
-        return None
 
 
 def _usable_cpus() -> int:

@@ -28,15 +28,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
-import json
 import logging
-import re
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from ratchet.settings import Settings
+from serving.adapter_files import Shapes, check_adapter_files, check_fits, module_shapes
 from serving.engine import (
     AdapterBusyError,
     AdapterLoadError,
@@ -225,19 +224,12 @@ class VLLMEngine:
         return [name for name in self._adapters if name not in self._unloading]
 
     async def load_adapter(self, name: str, path: str) -> None:
-        config = _check_adapter_files(name, Path(path), self.max_lora_rank)
+        config = check_adapter_files(name, Path(path), self.max_lora_rank)
         # vLLM loads an adapter of another base model without a word (and answers garbage with it), so
         # modules and shapes are checked here.
         if self._module_shapes is None:
             self._module_shapes = await asyncio.to_thread(_module_shapes, self.model_path, self.trust_remote_code)
-        problem = _misfit(
-            config.get("target_modules") or [], Path(path) / "adapter_model.safetensors", self._module_shapes
-        )
-        if problem:
-            raise AdapterLoadError(
-                f"adapter {name!r} (trained on {config.get('base_model_name_or_path')}) does not fit "
-                f"{self.model_path}: {problem}; retrain it on this base model"
-            )
+        check_fits(name, Path(path), config, self._module_shapes, self.model_path)
         await self.start()
         from vllm.lora.request import LoRARequest
 
@@ -299,68 +291,14 @@ class VLLMEngine:
         return self._adapter_lock
 
 
-def _check_adapter_files(name: str, path: Path, max_rank: int) -> dict[str, Any]:
-    """Refuse what we cannot or must not load, with a message that says what to do; returns the config."""
-    if not name or "." in name or name == "__base__":
-        raise AdapterLoadError(f"adapter name {name!r} is not allowed (no dots, not empty, not __base__)")
-    config_file, weights = path / "adapter_config.json", path / "adapter_model.safetensors"
-    if not config_file.is_file():
-        raise AdapterLoadError(f"adapter {name!r}: no adapter_config.json in {path}")
-    if not weights.is_file():
-        hint = " (.bin pickles are refused: re-save with safetensors)" if any(path.glob("*.bin")) else ""
-        raise AdapterLoadError(f"adapter {name!r}: no adapter_model.safetensors in {path}{hint}")
-    try:
-        config = json.loads(config_file.read_text())
-    except ValueError as error:
-        raise AdapterLoadError(f"adapter {name!r}: {config_file} is not valid JSON ({error})") from error
-    if config.get("peft_type") != "LORA":
-        raise AdapterLoadError(f"adapter {name!r} is {config.get('peft_type')}; only LoRA adapters are served")
-    rank = max([config.get("r", 0), *(config.get("rank_pattern") or {}).values()])
-    if rank > max_rank:
-        raise AdapterLoadError(
-            f"adapter {name!r} has LoRA rank {rank}, over max_lora_rank={max_rank}: "
-            "retrain with a smaller r or raise RATCHET_MAX_LORA_RANK"
-        )
-    return config
-
-
-def _module_shapes(model_path: str, trust_remote_code: bool) -> dict[str, tuple[int, int] | None]:
-    """Every module of the base model, with (in, out) features for Linear ones: built on the meta device,
-    so no weights are read."""
+def _module_shapes(model_path: str, trust_remote_code: bool) -> Shapes:
+    """The base model's module shapes, from a model built on the meta device (no weights are read)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    return {
-        name: (m.in_features, m.out_features) if isinstance(m, torch.nn.Linear) else None
-        for name, m in model.named_modules()
-    }
-
-
-def _misfit(targets: str | list[str], weights: Path, shapes: dict[str, tuple[int, int] | None]) -> str | None:
-    """A target module missing from the base model, or a LoRA weight whose shape does not match its module."""
-    from safetensors import safe_open
-
-    names = list(shapes)
-    if isinstance(targets, str) and targets != "all-linear" and not any(re.fullmatch(targets, n) for n in names):
-        return f"no module matches target_modules {targets!r}"
-    for target in targets if isinstance(targets, list) else []:
-        if not any(n == target or n.endswith("." + target) for n in names):
-            return f"the base model has no module named {target!r}"
-    with safe_open(str(weights), "pt") as tensors:
-        for key in tensors.keys():  # noqa: SIM118 (safe_open is not a dict)
-            found = re.fullmatch(r"base_model\.model\.(.+)\.lora_([AB])\.weight", key)
-            if not found:
-                continue
-            if found[1] not in shapes:
-                return f"the base model has no module {found[1]!r}"
-            if shapes[found[1]]:  # shapes are checked for Linear modules
-                (d_in, d_out), shape = shapes[found[1]], tensors.get_slice(key).get_shape()
-                if shape[1 if found[2] == "A" else 0] != (d_in if found[2] == "A" else d_out):
-                    return f"{found[1]} is {d_in}->{d_out} here, but lora_{found[2]} is {shape}"
-    return None
+        return module_shapes(AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code))
 
 
 def _reason(error: BaseException) -> str:

@@ -347,8 +347,12 @@ def test_refuses_unsafe_or_unfit_adapters(engine, make_adapter, lora_adapters, t
         LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
     ).save_pretrained(other_base)
 
+    broken_config = shutil.copytree(lora_adapters["ada"], tmp_path / "broken-config")
+    (broken_config / "adapter_config.json").write_text('{"peft_type": "LORA",')  # cut short
+
     cases = {
         "pickle": (pickled, "safetensors"),
+        "json": (broken_config, "not valid JSON"),
         "rank": (make_adapter(tmp_path / "rank-32", seed=9, r=32), "max_lora_rank=16"),
         "target": (wrong_target, "conv_proj"),
         "shape": (make_adapter(tmp_path / "narrow", seed=9, base_dir=other_base), "does not fit"),
