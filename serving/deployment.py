@@ -33,7 +33,7 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
 # The haproxy ingress: Ray Serve runs HAProxy on the public port, forwarding each request straight to the
 # HTTP port of a replica (direct ingress), instead of through its Python proxy actor. A stopping replica
 # waits this long for HAProxy to stop sending it requests (Ray's default, 30 s, is for external balancers).
-HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+HAPROXY_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")
 SECRET_SETTINGS = {"api_keys", "judge_api_key"}
 GIL_SWITCH_SECONDS = 0.0005  # see RatchetServer.__init__
@@ -167,7 +167,7 @@ def start_ray(settings: Settings) -> None:
     if not ray.is_initialized():
         if haproxy:  # HAProxy's stats and metrics ports and Serve's fallback proxy: fixed by default, so
             # a second server on this machine (or a test's) would find them taken
-            os.environ.update({name: str(_free_port()) for name in HAPROXY_PORTS})
+            os.environ.update({name: str(free_port()) for name in HAPROXY_PORTS})
         # "local": a plain ray.init() joins the newest cluster on this machine (/tmp/ray/ray_current_cluster),
         # so a second `ratchet serve` would share, and die with, another server's Ray.
         ray.init(
@@ -180,7 +180,8 @@ def start_ray(settings: Settings) -> None:
         )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this machine now (for HAProxy's side ports, and the tests' servers)."""
     import socket
 
     with socket.socket() as sock:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from feedback.db import migrate
+from serving.deployment import free_port  # noqa: F401 (test_server_kill imports it from here)
 
 POSTGRES_ADMIN_URL = os.environ.get("RATCHET_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -156,12 +156,6 @@ def register_test_adapter(settings, *, seed: int = 1) -> str:
             name, method="sft", base_model=settings.base_model_id, parent=None, path=settings.adapters_dir / name
         )
     return name
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -80,7 +80,7 @@ class VLLMEngine:
         self._in_use: Counter[str] = Counter()  # adapter -> requests running with it
         self._unloading: dict[str, asyncio.Event] = {}  # set once the adapter's last request has finished
         self._running: set[str] = set()  # request ids of the streams in flight
-        self._module_shapes: dict[str, tuple[int, int] | None] | None = None  # the base model's, for checks
+        self._module_shapes: Shapes | None = None  # the base model's, for the adapter checks
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VLLMEngine:
