@@ -9,7 +9,8 @@ system generates exactly the same number of tokens), at concurrency 1, 8 and 32.
 - `naive`         a loop of single-request `model.generate` (the baseline every ratio is against)
 - `hf-engine`     ratchet's HFEngine called in-process (continuous batching, no HTTP)
 - `hf-served`     the same engine through ratchet's Ray Serve app, HTTP and completion logging included
-                  (Ray Serve's HAProxy ingress, ratchet's default)
+                  (Ray Serve's HAProxy ingress and the engine in a child process of the replica: the defaults)
+- `hf-served-thread` the same, with the engine in the replica's own process (RATCHET_ENGINE_PROCESS=false)
 - `hf-served-proxy` the same, through Ray Serve's Python proxy actor instead (RATCHET_INGRESS=proxy)
 - `vllm-engine`   ratchet's VLLMEngine in-process            (only where vLLM is installed)
 - `vllm-served`   ratchet on Ray Serve with the vLLM engine    (only where vLLM is installed)
@@ -190,9 +191,8 @@ async def run_http(base_url: str, model: str, requests: int, tokens: int, levels
         return {c: await _drive(one, requests, c, tokens) for c in levels}
 
 
-def served(
-    engine_name: str, model_dir: Path, requests: int, tokens: int, levels: list[int], ingress: str = "haproxy"
-) -> dict:
+def served(engine_name: str, model_dir: Path, requests: int, tokens: int, levels: list[int], **overrides) -> dict:
+    """ratchet's app on Ray Serve; `overrides` are settings (e.g. ingress="proxy")."""
     from deploy.server import start, stop
     from deploy.workspace import init_workspace
     from ratchet.settings import Settings
@@ -206,7 +206,7 @@ def served(
             port=free_port(),
             max_model_len=512,
             max_concurrent_requests=64,
-            ingress=ingress,
+            **overrides,
         )
         init_workspace(settings, progress=False)
         url = start(settings)
@@ -265,7 +265,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="demo,random-30m")
     parser.add_argument(
-        "--systems", default="naive,hf-engine,hf-served,hf-served-proxy,vllm-engine,vllm-served,vllm-server"
+        "--systems", default="naive,hf-engine,hf-served,hf-served-thread,hf-served-proxy,vllm-engine,vllm-served,vllm-server"
     )
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=64)
@@ -319,6 +319,8 @@ def run_system(system: str, path: Path, args: argparse.Namespace, levels: list[i
         return asyncio.run(run_engine(system.split("-")[0], path, args.requests, args.tokens, levels))
     if system.endswith("-served-proxy"):
         return served(system.split("-")[0], path, args.requests, args.tokens, levels, ingress="proxy")
+    if system == "hf-served-thread":
+        return served("hf", path, args.requests, args.tokens, levels, engine_process=False)
     if system.endswith("-served"):
         return served(system.split("-")[0], path, args.requests, args.tokens, levels)
     if system == "vllm-server":

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
         description="torch threads of the hf engine; 0 = this machine's CPUs shared among the replicas "
         "(Ray would give a 1-CPU replica 1 thread, which halves throughput on a 30M model).",
     )
+    engine_process: bool = Field(
+        True,
+        description="hf engine: run the model and its decode loop in a child process of the replica, so the "
+        "HTTP work does not share their GIL (on the demo model: see the README's serving benchmark).",
+    )
     trust_remote_code: bool = Field(False, description="Allow model repos to run their own Python code on load.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype for serving: auto = float32 for hf, bfloat16 for vLLM on CPU."

@@ -79,6 +79,8 @@ class RatchetServer:
     async def check_health(self) -> None:
         if not self.runtime.ready:
             raise RuntimeError("runtime not ready")
+        if not getattr(self.runtime.engine, "alive", True):  # the hf engine's process died: replace the replica
+            raise RuntimeError("the engine process is gone")
 
     async def __del__(self) -> None:
         await self.runtime.shutdown()

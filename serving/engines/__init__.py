@@ -29,6 +29,10 @@ def create_engine(settings: Settings) -> Engine:
         from serving.engines.vllm import VLLMEngine
 
         return VLLMEngine.from_settings(settings)
+    if settings.engine_process:
+        from serving.engines.hf_process import HFEngineProcess
+
+        return HFEngineProcess.from_settings(settings)
     from serving.engines.hf import HFEngine
 
     return HFEngine.from_settings(settings)

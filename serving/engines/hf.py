@@ -35,7 +35,7 @@ import queue
 import threading
 import warnings
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,7 @@ class HFEngine:
         max_threads: int = 0,
         packed_gemm: bool = True,
         trust_remote_code: bool = False,
+        deliver: Callable[[list], list[Sequence]] = deliver,
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -104,6 +105,7 @@ class HFEngine:
         self._waiting: list[Sequence] = []
         self._batch: KVBatch | None = None
         self._outbox: list[tuple[Sequence, GenerationOutput | BaseException]] = []  # sent once per iteration
+        self._deliver = deliver  # hands the outbox to the consumers; returns the sequences nobody listens to
         self._commands: queue.Queue[tuple] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="hf-engine-decode", daemon=True)
         self._thread.start()
@@ -120,18 +122,7 @@ class HFEngine:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HFEngine:
-        return cls(
-            settings.base_model_path,
-            dtype="float32" if settings.dtype == "auto" else settings.dtype,
-            max_batch_size=settings.max_batch_size,
-            max_adapters=settings.max_adapters,
-            max_lora_rank=settings.max_lora_rank,
-            max_model_len=settings.max_model_len,
-            torch_threads=settings.torch_threads,
-            max_threads=max(1, _usable_cpus() // settings.replicas),
-            packed_gemm=settings.packed_gemm,
-            trust_remote_code=settings.trust_remote_code,
-        )
+        return cls(**engine_options(settings))
 
     # ---- the Engine interface (any thread / event loop) ----------------------------------------------
 
@@ -141,8 +132,7 @@ class HFEngine:
         if request.adapter is not None and request.adapter not in self._listed:
             raise AdapterNotLoadedError(f"adapter {request.adapter!r} is not loaded; load it first")
         outputs: asyncio.Queue = asyncio.Queue()
-        seq = Sequence.start(request, self.tokenizer, self.context_length, asyncio.get_running_loop(), outputs)
-        self._commands.put(("add", seq))
+        self.submit(request, asyncio.get_running_loop(), outputs)
         finished = False
         try:
             while not finished:
@@ -154,19 +144,17 @@ class HFEngine:
                 yield item
         finally:
             if not finished:  # the consumer stopped early (closed, cancelled, disconnected): free the slot
-                self._commands.put(("abort", request.request_id))
+                self.cancel(request.request_id)
 
     async def abort(self, request_id: str) -> None:
-        self._commands.put(("abort", request_id))
+        self.cancel(request_id)
 
     async def load_adapter(self, name: str, path: str) -> None:
-        config = check_adapter_files(name, Path(path), self.max_lora_rank)
-        check_fits(name, Path(path), config, self._module_shapes, self.model_path)
-        await self._call("load", name, str(path))
+        await asyncio.wrap_future(self.command("load", name, path))
 
     async def unload_adapter(self, name: str) -> None:
         """Returns once the adapter is deleted; requests already running with it finish first."""
-        await self._call("unload", name)
+        await asyncio.wrap_future(self.command("unload", name))
 
     def adapters(self) -> list[str]:
         return list(self._listed)
@@ -180,10 +168,28 @@ class HFEngine:
         self._commands.put(("stop",))
         await asyncio.to_thread(self._thread.join)
 
-    async def _call(self, *command: Any) -> Any:
+    # ---- the same without an event loop (any thread): what `hf_process` drives the engine with ----------
+
+    def submit(self, request: GenerationRequest, loop=None, outputs=None) -> None:
+        """Start a request (ValueError at once if it cannot run); its outputs go to `outputs`, an
+        asyncio.Queue of `loop`, or to whatever this engine's `deliver` does with them."""
+        self._commands.put(("add", Sequence.start(request, self.tokenizer, self.context_length, loop, outputs)))
+
+    def cancel(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+
+    def command(self, kind: str, name: str, path: str = "") -> Future:
+        """"load" (checked here first) or "unload" an adapter; the future resolves once the decode loop did it."""
         future: Future = Future()
-        self._commands.put((*command, future))
-        return await asyncio.wrap_future(future)
+        try:
+            if kind == "load":
+                config = check_adapter_files(name, Path(path), self.max_lora_rank)
+                check_fits(name, Path(path), config, self._module_shapes, self.model_path)
+        except Exception as error:
+            future.set_exception(error)
+            return future
+        self._commands.put((kind, name, str(path), future) if kind == "load" else (kind, name, future))
+        return future
 
     # ---- the decode loop (its own thread: the only code that touches the model) -----------------------
 
@@ -303,7 +309,7 @@ class HFEngine:
         self._outbox.append((seq, out))
 
     def _flush_outbox(self) -> None:
-        for seq in deliver(self._outbox):
+        for seq in self._deliver(self._outbox):
             if seq.finish_reason is None:  # nobody is listening any more: end it here
                 self._end(seq, "abort")
         self._outbox = []
@@ -432,6 +438,22 @@ class HFEngine:
     def _publish(self) -> None:
         """Refresh the snapshot other threads read: loaded adapters, less those being unloaded."""
         self._listed = tuple(n for n in self._adapters if n not in self._unloading)
+
+
+def engine_options(settings: Settings) -> dict[str, Any]:
+    """HFEngine's keyword arguments from settings (plain values: they also travel to an engine process)."""
+    return dict(
+        model_path=settings.base_model_path,
+        dtype="float32" if settings.dtype == "auto" else settings.dtype,
+        max_batch_size=settings.max_batch_size,
+        max_adapters=settings.max_adapters,
+        max_lora_rank=settings.max_lora_rank,
+        max_model_len=settings.max_model_len,
+        torch_threads=settings.torch_threads,
+        max_threads=max(1, _usable_cpus() // settings.replicas),
+        packed_gemm=settings.packed_gemm,
+        trust_remote_code=settings.trust_remote_code,
+    )
 
 
 def _usable_cpus() -> int:

@@ -8,8 +8,8 @@
 - `SlabLayer`: a cache layer that writes each step's keys and values into spare columns of a buffer
   instead of concatenating (transformers' `DynamicLayer` copies the whole cache on every step: 21 % of a
   decode step of a 30M model at batch 32). `new_cache()` makes a cache of them.
-- `left_pad` builds the inputs of a batched prefill; `sample` picks each row's next token; `deliver` hands
-  outputs back to the callers' event loops.
+- `left_pad` builds the inputs of a batched prefill; `sample` picks each row's next token; `deliver` and
+  `hand_over` pass outputs back to the callers' event loops.
 
 Row independence is what makes a request's output the same whatever else is running: padding is masked
 out of attention, positions count real tokens only (not padding), and every sampled row has its own
@@ -154,18 +154,25 @@ def _pad_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def deliver(items: list[tuple[Sequence, GenerationOutput | BaseException]]) -> list[Sequence]:
-    """Hand outputs over to their consumers' event loops, with one wake-up per loop (not per output: that
-    costs ~100 us each). Returns the sequences whose consumer's loop is closed."""
+    """Hand outputs over to their consumers' event loops. Returns the sequences whose consumer's loop is
+    closed (nobody is listening any more)."""
     by_loop: dict[asyncio.AbstractEventLoop, list] = {}
     for seq, item in items:
-        by_loop.setdefault(seq.loop, []).append((seq, item))
-    lost = []
+        by_loop.setdefault(seq.loop, []).append((seq.outputs, item))
+    closed = hand_over(by_loop)
+    return [seq for seq, _ in items if seq.loop in closed]
+
+
+def hand_over(by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]]) -> set:
+    """Put each (queue, item) into its queue on the queue's event loop, with one wake-up per loop (not per
+    item: that costs ~100 us each). Returns the loops that are closed."""
+    closed = set()
     for loop, pairs in by_loop.items():
         try:
-            loop.call_soon_threadsafe(_put_all, [(seq.outputs, item) for seq, item in pairs])
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            lost += [seq for seq, _ in pairs]
-    return lost
+            loop.call_soon_threadsafe(_put_all, pairs)
+        except RuntimeError:
+            closed.add(loop)
+    return closed
 
 
 def _put_all(pairs: list[tuple[asyncio.Queue, Any]]) -> None:
