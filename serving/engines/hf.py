@@ -179,7 +179,7 @@ class HFEngine:
         self._commands.put(("abort", request_id))
 
     def command(self, kind: str, name: str, path: str = "") -> Future:
-        """"load" (checked here first) or "unload" an adapter; the future resolves once the decode loop did it."""
+        """Load (checked here first) or unload an adapter; the future resolves once the decode loop did it."""
         future: Future = Future()
         try:
             if kind == "load":

@@ -73,7 +73,10 @@ class HFEngineProcess:
         return cls(engine_options(settings))
 
     async def start(self) -> None:
-        kind, value = await asyncio.wait_for(asyncio.to_thread(self._first_message), START_TIMEOUT_SECONDS)
+        try:
+            kind, value = await asyncio.wait_for(asyncio.to_thread(self._first_message), START_TIMEOUT_SECONDS)
+        except TimeoutError:
+            kind, value = "late", f"it was not ready after {START_TIMEOUT_SECONDS:.0f} s"
         if kind != "ready":
             await self.shutdown()
             raise RuntimeError(f"the hf engine process could not start: {value}")
@@ -109,7 +112,8 @@ class HFEngineProcess:
         finally:
             self._streams.pop(request.request_id, None)
             if not finished and self._gone is None:  # the consumer stopped early: free the slot
-                self._send(("abort", request.request_id))
+                with contextlib.suppress(OSError):  # unless the child has just gone
+                    self._send(("abort", request.request_id))
 
     async def abort(self, request_id: str) -> None:
         if self._gone is None:
