@@ -68,6 +68,7 @@ class Call:
                 prompt_ids=self.prompt_ids,
                 adapter=self.route.engine_adapter,
                 params=self.params if seed is None else _with_seed(self.params, seed + i),
+                stream=bool(self.body.stream),
             )
             for i in range(self.body.n)
         ]

@@ -37,6 +37,9 @@ class GenerationRequest:
     prompt_ids: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
     adapter: str | None = None  # a loaded adapter's name; None = the base model
+    # False: the caller reads only the whole answer (a JSON response), so the engine may send the first
+    # token (time to first token) and then everything else in the last output, instead of every step's delta.
+    stream: bool = True
 
 
 @dataclass

@@ -15,6 +15,8 @@ Contract (see `serving.engine`):
 - Adapters: safetensors only, LoRA only, rank <= max_lora_rank, every target module and weight shape must
   fit the base model; at most `max_adapters` are loaded, the least recently used idle one is evicted first.
   A request for an adapter that is not loaded raises `AdapterNotLoadedError` (a KeyError) at once.
+- A request with `stream=False` (a JSON answer) gets its first token as usual, then everything else in its
+  last output: fewer outputs to route and wake up for, in the replica and across the engine process.
 - `abort(id)`, or closing / cancelling the `generate` iterator, takes the sequence out at the next step.
 - `torch_threads` is set in the decode thread; with OpenMP that is per thread, so the rest of the process
   keeps its own. 0 picks it by timing a decode step of `max_batch_size` rows at 1..`max_threads` threads
@@ -297,6 +299,14 @@ class HFEngine:
             self._emit(seq, [token], text, reason)
 
     def _emit(self, seq: Sequence, token_ids: list[int], text: str, reason: str | None) -> None:
+        held_ids, held_text = seq.held
+        if reason is None and not seq.request.stream and len(seq.output_ids) > 1:
+            held_ids += token_ids  # a JSON answer: after the first token, only the last output goes out
+            held_text.append(text)
+            return
+        if held_ids or held_text:
+            token_ids, text = held_ids + token_ids, "".join(held_text) + text
+            seq.held = ([], [])
         if reason is not None:
             self._end(seq, reason)
         out = GenerationOutput(

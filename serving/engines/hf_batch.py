@@ -76,6 +76,7 @@ class Sequence:
     generator: torch.Generator | None  # None for greedy requests
     output_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    held: tuple[list[int], list[str]] = field(default_factory=lambda: ([], []))  # deltas not sent (stream=False)
 
     @classmethod
     def start(cls, request: GenerationRequest, tokenizer: Any, context_length: int, loop, outputs) -> Sequence:

@@ -189,6 +189,32 @@ def test_max_tokens_gives_length_and_eos_gives_stop(engine, prompts):
     assert "<|im_end|>" not in text
 
 
+def test_a_request_that_does_not_stream_gets_its_first_token_then_the_rest_at_once(engine, prompts):
+    params = SamplingParams(max_tokens=30, temperature=0, stop=("zzz-never",))
+    streamed = asyncio.run(collect(engine, request(prompts[3], params)))
+    whole = asyncio.run(collect(engine, GenerationRequest("whole-1", prompts[3], params, stream=False)))
+    assert whole[:2] == streamed[:2] and len(streamed[2]) > 2  # the same tokens and text, in two outputs
+    first, last = whole[2]
+    assert len(first.token_ids) == 1 and first.finish_reason is None
+    assert last.finish_reason == streamed[2][-1].finish_reason and last.completion_tokens == len(streamed[0])
+
+    async def abort_after_first():
+        long = GenerationRequest(
+            "whole-2", prompts[4], SamplingParams(900, temperature=0, ignore_eos=True), stream=False
+        )
+        outputs = []
+        async for out in engine.generate(long):
+            outputs.append(out)
+            if len(outputs) == 1:
+                await asyncio.sleep(0.05)  # a few decode steps are held back meanwhile
+                await engine.abort(long.request_id)
+        return outputs
+
+    outputs = asyncio.run(abort_after_first())
+    assert len(outputs) == 2 and outputs[-1].finish_reason == "abort"
+    assert len(outputs[0].token_ids) + len(outputs[1].token_ids) == outputs[1].completion_tokens > 1
+
+
 def test_presence_penalty_discourages_repeats(engine, prompts):
     params = SamplingParams(max_tokens=30, temperature=0, ignore_eos=True, presence_penalty=100.0)
     ids, _, _ = asyncio.run(collect(engine, request(prompts[5], params)))
