@@ -39,6 +39,7 @@ import warnings
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ from serving.engine import (
     GenerationOutput,
     GenerationRequest,
 )
-from serving.engines.hf_batch import KVBatch, Sequence, deliver, left_pad, new_cache, sample
+from serving.engines.hf_batch import KVBatch, Sequence, deliver, left_pad, new_cache, read_outputs, sample
 from serving.engines.packed_linear import pack_linears
 from serving.engines.threads import pick_threads
 
@@ -135,18 +136,9 @@ class HFEngine:
             raise AdapterNotLoadedError(f"adapter {request.adapter!r} is not loaded; load it first")
         outputs: asyncio.Queue = asyncio.Queue()
         self.submit(request, asyncio.get_running_loop(), outputs)
-        finished = False
-        try:
-            while not finished:
-                item = await outputs.get()
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                finished = item.finish_reason is not None
+        async with aclosing(read_outputs(outputs, lambda: self.cancel(request.request_id))) as items:
+            async for item in items:
                 yield item
-        finally:
-            if not finished:  # the consumer stopped early (closed, cancelled, disconnected): free the slot
-                self.cancel(request.request_id)
 
     async def abort(self, request_id: str) -> None:
         self.cancel(request_id)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +153,24 @@ def _pad_kv(x: torch.Tensor, length: int) -> torch.Tensor:
 
 def _pad_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(mask, (length - mask.shape[1], 0))
+
+
+async def read_outputs(outputs: asyncio.Queue, stopped_early: Callable[[], None]) -> AsyncIterator[GenerationOutput]:
+    """A request's outputs from its queue, up to the one with a finish_reason; an exception in the queue is
+    raised. If the consumer stops first (closed, cancelled, disconnected), `stopped_early()` frees the slot.
+    Callers that re-yield these must close this generator with theirs (`contextlib.aclosing`)."""
+    finished = False
+    try:
+        while not finished:
+            item = await outputs.get()
+            if isinstance(item, BaseException):
+                finished = True
+                raise item
+            finished = item.finish_reason is not None
+            yield item
+    finally:
+        if not finished:
+            stopped_early()
 
 
 def deliver(items: list[tuple[Sequence, GenerationOutput | BaseException]]) -> list[Sequence]:

@@ -33,12 +33,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
 from ratchet.settings import Settings
 from serving.engine import AdapterNotLoadedError, GenerationOutput, GenerationRequest
-from serving.engines.hf_batch import hand_over
+from serving.engines.hf_batch import hand_over, read_outputs
 
 logger = logging.getLogger(__name__)
 START_TIMEOUT_SECONDS = 900.0  # loading, packing and timing the thread count of a large model on CPU
@@ -99,25 +100,16 @@ class HFEngineProcess:
             raise ValueError(f"request id {request.request_id!r} is already running")
         outputs: asyncio.Queue = asyncio.Queue()
         self._streams[request.request_id] = (asyncio.get_running_loop(), outputs)
-        finished = False
         try:
             self._send(("add", request))
-            while not finished:
-                item = await outputs.get()
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                finished = item.finish_reason is not None
-                yield item
+            async with aclosing(read_outputs(outputs, lambda: self._abort_quietly(request.request_id))) as items:
+                async for item in items:
+                    yield item
         finally:
             self._streams.pop(request.request_id, None)
-            if not finished and self._gone is None:  # the consumer stopped early: free the slot
-                with contextlib.suppress(OSError):  # unless the child has just gone
-                    self._send(("abort", request.request_id))
 
     async def abort(self, request_id: str) -> None:
-        if self._gone is None:
-            self._send(("abort", request_id))
+        self._abort_quietly(request_id)
 
     async def load_adapter(self, name: str, path: str) -> None:
         await self._call("load", name, str(path))
@@ -142,6 +134,11 @@ class HFEngineProcess:
         self._conn.close()
 
     # ---- plumbing ------------------------------------------------------------------------------------
+
+    def _abort_quietly(self, request_id: str) -> None:
+        if self._gone is None:
+            with contextlib.suppress(OSError):  # the child has just gone: nothing left to abort
+                self._send(("abort", request_id))
 
     def _send(self, message: Any) -> None:
         with self._send_lock:  # event-loop threads of several callers may send at once
