@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "feedback": ("bench_feedback.py", ["--ratings", "200"]),
     "decode": ("bench_decode_step.py", ["--repeats", "2"]),
     "serving": ("bench_serving.py", ["--models", "demo", "--requests", "32"]),
+    "pairs": ("bench_serving_pairs.py", ["--rounds", "4"]),
     "swap": ("bench_swap.py", ["--swaps", "3", "--steady-seconds", "8"]),
     "training": ("bench_training.py", ["--repeats", "1"]),
     "load": ("bench_load.py", ["--users", "8,64", "--seconds", "15"]),
@@ -75,6 +76,18 @@ def _serving_rows(data: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _pairs_rows(data: dict) -> list[tuple[str, str]]:
+    rows = []
+    for model, systems in data["results"].items():
+        for name, row in systems.items():
+            for other, pair in row["versus"].items():
+                if other in ("vllm-server", "naive") and not name.startswith("vllm-server"):
+                    what = f"serving {model}, c={data['args']['concurrency']}, interleaved: {name} vs {other}"
+                    won = f"{pair['rounds_won']} of {len(pair['ratios'])} rounds"
+                    rows.append((f"{what} ({won})", f"{pair['median_ratio']:.2f}x"))
+    return rows
+
+
 def summary_rows() -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     if data := _read("ratings"):
@@ -97,6 +110,8 @@ def summary_rows() -> list[tuple[str, str]]:
                     rows.append((what, f"{cell['vs_transformers']:.2f}x"))
     if data := _read("serving"):
         rows += _serving_rows(data)
+    if data := _read("serving_pairs"):
+        rows += _pairs_rows(data)
     if data := _read("swap"):
         ratio = data["during_swaps"]["p99_s"] / max(1e-9, data["steady"]["p99_s"])
         latency = max((s["swap_latency_s"] or float("nan")) for s in data["swaps"])

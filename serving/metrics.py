@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("ratchet_requests_total", "HTTP requests by route and status", ["route", "status"])
@@ -20,6 +22,24 @@ LATENCY = Histogram(
 IN_FLIGHT = Gauge("ratchet_requests_in_flight", "Chat requests running in this replica (the queue depth)")
 ERRORS = Counter("ratchet_errors_total", "Errors by type", ["type"])
 RATINGS = Counter("ratchet_ratings_total", "Ratings by the model that answered and the judgement", ["model", "kind"])
+ENGINE_RSS = Gauge(
+    "ratchet_engine_resident_memory_bytes",
+    "Resident memory of this replica's child processes: the hf engine's process, or vLLM's engine core and "
+    "workers (process_resident_memory_bytes is the replica's own); 0 while the engine runs inside the replica",
+)
+
+
+def _children_rss() -> float:
+    import psutil
+
+    total = 0
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # it exited between the listing and the reading
+            total += child.memory_info().rss
+    return float(total)
+
+
+ENGINE_RSS.set_function(_children_rss)
 
 
 def observe_completion(

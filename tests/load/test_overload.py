@@ -40,9 +40,10 @@ def metric(text: str, name: str) -> float:
 
 
 async def replica_metrics(client: httpx.AsyncClient) -> tuple[float, float]:
-    """(RSS bytes, chat requests in flight) of the replica, from its own /metrics."""
+    """(RSS bytes of the replica and its engine's process, chat requests in flight), from its own /metrics."""
     text = (await client.get("/metrics")).text
-    return metric(text, "process_resident_memory_bytes"), metric(text, "ratchet_requests_in_flight")
+    rss = metric(text, "process_resident_memory_bytes") + metric(text, "ratchet_engine_resident_memory_bytes")
+    return rss, metric(text, "ratchet_requests_in_flight")
 
 
 class Outcome:

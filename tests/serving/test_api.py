@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import httpx
 import openai
@@ -176,6 +177,9 @@ def test_health_metrics_and_openapi(server):
     assert httpx.get(server.url + "/health").status_code == 200
     metrics = httpx.get(server.url + "/metrics").text
     assert "ratchet_completion_tokens_total" in metrics and "ratchet_time_to_first_token_seconds" in metrics
+    # the hf engine runs in its own process by default, and /metrics counts its memory
+    engine_rss = re.search(r"^ratchet_engine_resident_memory_bytes (\S+)$", metrics, re.MULTILINE)
+    assert engine_rss and float(engine_rss.group(1)) > 100 * 2**20, engine_rss
     assert "/v1/chat/completions" in httpx.get(server.url + "/openapi.json").json()["paths"]
 
 
