@@ -65,14 +65,15 @@ def _serving_rows(data: dict) -> list[tuple[str, str]]:
                         f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x",
                     )
                 )
-        a, b = systems.get("vllm-served", {}).get("32", {}), systems.get("vllm-server", {}).get("32", {})
-        if a.get("tokens_per_s") and b.get("tokens_per_s"):
-            rows.append(
-                (
-                    f"serving {model}, c=32: ratchet's vLLM path vs vLLM's own OpenAI server",
-                    f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x",
+        for peer, what in (("vllm-server", "vLLM's own OpenAI server"), ("vllm-server-lora", "it with LoRA on")):
+            a, b = systems.get("vllm-served", {}).get("32", {}), systems.get(peer, {}).get("32", {})
+            if a.get("tokens_per_s") and b.get("tokens_per_s"):
+                rows.append(
+                    (
+                        f"serving {model}, c=32: ratchet's vLLM path vs {what}",
+                        f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}x",
+                    )
                 )
-            )
     return rows
 
 
