@@ -101,7 +101,7 @@ class HFEngineProcess:
         outputs: asyncio.Queue = asyncio.Queue()
         self._streams[request.request_id] = (asyncio.get_running_loop(), outputs)
         try:
-            self._send(("add", request))
+            self._send_or_fail(("add", request))
             async with aclosing(read_outputs(outputs, lambda: self._abort_quietly(request.request_id))) as items:
                 async for item in items:
                     yield item
@@ -150,8 +150,22 @@ class HFEngineProcess:
         call_id, loop = next(self._call_ids), asyncio.get_running_loop()
         future = loop.create_future()
         self._calls[call_id] = (loop, future)
-        self._send((kind, call_id, *args))
+        try:
+            self._send_or_fail((kind, call_id, *args))
+        except RuntimeError:
+            self._calls.pop(call_id, None)
+            raise
         await future
+
+    def _send_or_fail(self, message: Any) -> None:
+        """Send, for a caller that has just registered its stream or call: if the child is gone, the reader
+        may have failed every caller before this one was registered, so raise instead of waiting forever.
+        (The reader sets `_gone` before it looks at who is registered.)"""
+        if self._gone is None:
+            with contextlib.suppress(OSError):  # a broken pipe: the child is going; _gone follows
+                self._send(message)
+                return
+        raise RuntimeError(self._gone or "the hf engine process exited")
 
     def _first_message(self) -> tuple[str, Any]:
         try:
