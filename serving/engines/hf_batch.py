@@ -176,16 +176,16 @@ async def read_outputs(outputs: asyncio.Queue, stopped_early: Callable[[], None]
 def deliver(items: list[tuple[Sequence, GenerationOutput | BaseException]]) -> list[Sequence]:
     """Hand outputs over to their consumers' event loops. Returns the sequences whose consumer's loop is
     closed (nobody is listening any more)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-    for seq, item in items:
-        by_loop.setdefault(seq.loop, []).append((seq.outputs, item))
-    closed = hand_over(by_loop)
+    closed = hand_over([(seq.loop, seq.outputs, item) for seq, item in items])
     return [seq for seq, _ in items if seq.loop in closed]
 
 
-def hand_over(by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]]) -> set:
-    """Put each (queue, item) into its queue on the queue's event loop, with one wake-up per loop (not per
-    item: that costs ~100 us each). Returns the loops that are closed."""
+def hand_over(items: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, Any]]) -> set:
+    """Put each item into its queue on that queue's event loop, with one wake-up per loop (not per item:
+    that costs ~100 us each). Returns the loops that are closed."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
+    for loop, outputs, item in items:
+        by_loop.setdefault(loop, []).append((outputs, item))
     closed = set()
     for loop, pairs in by_loop.items():
         try:

@@ -92,8 +92,6 @@ class HFEngineProcess:
     # ---- the Engine interface (the replica's event loop) ---------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
-        if self._gone is not None:
-            raise RuntimeError(self._gone)
         if request.adapter is not None and request.adapter not in self._listed:
             raise AdapterNotLoadedError(f"adapter {request.adapter!r} is not loaded; load it first")
         if request.request_id in self._streams:
@@ -145,8 +143,6 @@ class HFEngineProcess:
             self._conn.send(message)
 
     async def _call(self, kind: str, *args: str) -> None:
-        if self._gone is not None:
-            raise RuntimeError(self._gone)
         call_id, loop = next(self._call_ids), asyncio.get_running_loop()
         future = loop.create_future()
         self._calls[call_id] = (loop, future)
@@ -182,7 +178,7 @@ class HFEngineProcess:
                     _, items, self.num_requests = message
                     streams = [(self._streams.get(request_id), item) for request_id, item in items]
                     # A stream no longer there has stopped listening (its abort is on the way).
-                    hand_over(_group([(*stream, item) for stream, item in streams if stream is not None]))
+                    hand_over([(*stream, item) for stream, item in streams if stream is not None])
                 else:  # ("done", call, error, adapters)
                     _, call_id, error, adapters = message
                     self._listed = tuple(adapters)
@@ -193,17 +189,10 @@ class HFEngineProcess:
         self._gone = f"the hf engine process exited (code {self._process.wait()})"
         if self._streams or self._calls:
             logger.error("%s with %d requests in flight", self._gone, len(self._streams))
-        hand_over(_group([(loop, q, RuntimeError(self._gone)) for loop, q in list(self._streams.values())]))
+        hand_over([(loop, q, RuntimeError(self._gone)) for loop, q in list(self._streams.values())])
         for loop, future in list(self._calls.values()):
             _settle_soon(loop, future, RuntimeError(self._gone))
         self._calls.clear()
-
-
-def _group(triples: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, Any]]) -> dict:
-    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-    for loop, outputs, item in triples:
-        by_loop.setdefault(loop, []).append((outputs, item))
-    return by_loop
 
 
 def _settle_soon(loop: asyncio.AbstractEventLoop, future: asyncio.Future, error: BaseException | None) -> None:
