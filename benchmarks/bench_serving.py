@@ -306,20 +306,9 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    systems = args.systems.split(",")
-    try:
-        import vllm  # noqa: F401
-
-        has_vllm = True
-    except Exception:
-        has_vllm = False
-        systems = [s for s in systems if not s.startswith("vllm")]
-    root = OUT / "models"
-    root.mkdir(parents=True, exist_ok=True)
-    models = {"demo": demo_model(root)}
-    if "random-30m" in args.models:
-        models["random-30m"] = random_30m_model(root, models["demo"])
-    models = {k: v for k, v in models.items() if k in args.models.split(",")}
+    has_vllm = vllm_installed()
+    systems = [s for s in args.systems.split(",") if has_vllm or not s.startswith("vllm")]
+    models = benchmark_models(args.models.split(","))
 
     results: dict = {}
     for name, path in models.items():
@@ -344,6 +333,24 @@ def main() -> None:
     (OUT / "serving.json").write_text(
         json.dumps({"benchmark": "bench_serving", "args": vars(args), "machine": machine, "results": results}, indent=2)
     )
+
+
+def vllm_installed() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # not installed, or broken: the vLLM systems are left out
+        return False
+    return True
+
+
+def benchmark_models(names: list[str]) -> dict[str, Path]:
+    """The named models ("demo", "random-30m"), built under benchmarks/out/models on first use."""
+    root = OUT / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    models = {"demo": demo_model(root)}
+    if "random-30m" in names:
+        models["random-30m"] = random_30m_model(root, models["demo"])
+    return {name: path for name, path in models.items() if name in names}
 
 
 def run_system(system: str, path: Path, args: argparse.Namespace, levels: list[int]) -> dict:

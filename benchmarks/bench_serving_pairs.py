@@ -37,11 +37,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serving import (
     OUT,
-    demo_model,
+    benchmark_models,
     free_port,
-    random_30m_model,
     run_http,
     run_naive,
+    vllm_installed,
     vllm_server_running,
     wait_healthy,
 )
@@ -172,17 +172,11 @@ def main() -> None:
     unknown = [s for s in systems if s not in known]
     if unknown:
         parser.error(f"unknown systems {unknown}; choose from {known}")
-    try:
-        import vllm  # noqa: F401
-    except Exception:  # not installed (or broken): the vLLM systems are left out, as bench_serving does
+    if not vllm_installed():
         systems = [s for s in systems if not s.startswith("vllm")]
-    root = OUT / "models"
-    root.mkdir(parents=True, exist_ok=True)
-    models = {"demo": demo_model(root)}
-    if "random-30m" in args.models:
-        models["random-30m"] = random_30m_model(root, models["demo"])
+    models = benchmark_models(args.models.split(","))
     results = {}
-    for model in args.models.split(","):
+    for model in models:
         print(f"[{model}] starting {', '.join(systems)} ...", file=sys.stderr, flush=True)
         with ExitStack() as stack:
             measure = {name: start(name, models[model], stack, args) for name in systems}

@@ -53,10 +53,11 @@ class RatchetServer:
         from serving.app import create_app
 
         self.settings = Settings(**settings)
-        # The decode thread and the HTTP event loop share this process's GIL. At Python's default switch
-        # interval (5 ms) a request waits up to that long each time the decode loop holds the GIL; at
-        # 0.5 ms the demo model served 1.17x the tokens/s at 32 concurrent (median of 5 pairs), the 30M
-        # model the same (its steps are in torch ops, which release the GIL).
+        # With the hf engine in this process (RATCHET_ENGINE_PROCESS=false), and for vLLM's output thread,
+        # other threads share this process's GIL with the HTTP event loop. At Python's default switch
+        # interval (5 ms) a request waits up to that long each time one of them holds the GIL; at 0.5 ms the
+        # demo model served 1.17x the tokens/s at 32 concurrent with the in-thread engine (median of 5
+        # pairs), the 30M model the same (its steps are in torch ops, which release the GIL).
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
         if self.settings.torch_threads:
             import torch
