@@ -4,8 +4,10 @@ plus sampling, stop conditions, joining a running batch, abort, adapter loading 
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from serving.detokenize import IncrementalDetokenizer, StopStringMatcher
+from serving.detokenize import IncrementalDetokenizer, StopStringMatcher, decoder
 from serving.engine import AdapterBusyError, AdapterLoadError, GenerationOutput, GenerationRequest, SamplingParams
 from serving.engines.hf import HFEngine
 
@@ -402,6 +404,21 @@ def test_incremental_detokenizer_never_emits_broken_utf8(engine):
     assert "".join(deltas) + detok.flush() == text
     assert not any("\ufffd" in d for d in deltas)
     assert "" in deltas, "some character should span tokens (byte-level BPE)"
+
+
+def test_decoder_gives_the_text_of_tokenizer_decode(engine):
+    tok = engine.tokenizer
+    rng = random.Random(0)
+    windows = [[rng.randrange(len(tok)) for _ in range(rng.randrange(1, 9))] for _ in range(300)]
+    windows += [[tok.eos_token_id, *tok.encode(" a b", add_special_tokens=False), tok.eos_token_id]]
+    for skip in (True, False):
+        fast = decoder(tok, skip)
+        assert [fast(ids) for ids in windows] == [tok.decode(ids, skip_special_tokens=skip) for ids in windows]
+    # A tokenizer that cleans up spaces (or has its own decode) is called as it is, not bypassed.
+    cleaning = copy.deepcopy(tok)
+    cleaning.clean_up_tokenization_spaces = True
+    cleaning.decode = lambda ids, skip_special_tokens: "via decode"
+    assert decoder(cleaning, True)([5, 6]) == "via decode"
 
 
 def test_stop_string_matcher_holds_back_partial_matches():
