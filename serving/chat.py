@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from feedback.models import Completion, new_id
 from serving import metrics
 from serving.auth import require_api_key
-from serving.engine import AdapterNotLoadedError, GenerationRequest, SamplingParams
+from serving.engine import AdapterNotLoadedError, GenerationRequest, SamplingParams, TokenLogprob
 from serving.errors import APIError
 from serving.protocol import (
     AssistantMessage,
@@ -28,8 +28,11 @@ from serving.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
+    TokenLogprobEntry,
+    TopLogprob,
     Usage,
 )
 from serving.runtime import Route, ServingRuntime, get_runtime
@@ -43,6 +46,7 @@ class ChoiceState:
     text: str = ""
     finish_reason: str | None = None
     completion_tokens: int = 0
+    logprobs: list[TokenLogprobEntry] | None = None  # a list when the request asked for logprobs
 
 
 @dataclass
@@ -165,10 +169,27 @@ async def _prepare(body: ChatCompletionRequest, key_id: str | None, runtime: Ser
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         ignore_eos=body.ignore_eos,
+        logprobs=body.engine_logprobs(),
     )
     call = Call(id=new_id("chatcmpl"), body=body, route=route, prompt_ids=prompt_ids, params=params, key_id=key_id)
-    call.choices = [ChoiceState(i) for i in range(body.n)]
+    call.choices = [ChoiceState(i, logprobs=None if params.logprobs is None else []) for i in range(body.n)]
     return call
+
+
+def _logprob_entries(runtime: ServingRuntime, logprobs: list[TokenLogprob] | None) -> list[TokenLogprobEntry]:
+    """The engine's token logprobs in OpenAI's shape; special tokens (end of sequence) have no text and
+    are left out, so the entries' tokens spell the answer."""
+    pieces = runtime.token_pieces
+
+    def top(token_id: int, logprob: float) -> TopLogprob:
+        text, raw = pieces(token_id)
+        return TopLogprob(token=text, logprob=logprob, bytes=raw)
+
+    return [
+        TokenLogprobEntry(**top(lp.token_id, lp.logprob).model_dump(), top_logprobs=[top(*t) for t in lp.top])
+        for lp in logprobs or []
+        if not pieces.is_special(lp.token_id)
+    ]
 
 
 async def _run_choice(
@@ -176,8 +197,8 @@ async def _run_choice(
 ) -> None:
     """Drive one engine request to its end, updating the choice (and feeding the stream queue).
 
-    With a queue, every delta goes there as (index, text, finish_reason), and the task's end as
-    (index, None, error-or-None), so the streaming side needs only one `await queue.get()`.
+    With a queue, every delta goes there as (index, text, finish_reason, logprob entries or None), and the
+    task's end as (index, None, error-or-None, None), so the streaming side needs only one `await queue.get()`.
     """
     state = call.choices[index]
     error: BaseException | None = None
@@ -189,8 +210,11 @@ async def _run_choice(
             state.completion_tokens = output.completion_tokens
             if output.finish_reason:
                 state.finish_reason = output.finish_reason
-            if queue is not None and (output.text or output.finish_reason):
-                queue.put_nowait((index, output.text, output.finish_reason))
+            entries = None if state.logprobs is None else _logprob_entries(runtime, output.logprobs)
+            if entries:
+                state.logprobs += entries
+            if queue is not None and (output.text or output.finish_reason or entries):
+                queue.put_nowait((index, output.text, output.finish_reason, entries))
     except Exception as exc:
         if isinstance(exc, AdapterNotLoadedError):  # evicted or unloaded between routing and the first step
             exc = APIError(503, f"{exc}; retry shortly", code="adapter_unavailable", headers={"Retry-After": "1"})
@@ -199,7 +223,7 @@ async def _run_choice(
             raise exc from None
     finally:
         if queue is not None:
-            queue.put_nowait((index, None, error))
+            queue.put_nowait((index, None, error, None))
 
 
 async def _complete(call: Call, runtime: ServingRuntime) -> ChatCompletion:
@@ -217,7 +241,12 @@ async def _complete(call: Call, runtime: ServingRuntime) -> ChatCompletion:
         created=call.created,
         model=call.route.answered,
         choices=[
-            Choice(index=c.index, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason or "stop")
+            Choice(
+                index=c.index,
+                message=AssistantMessage(content=c.text),
+                finish_reason=c.finish_reason or "stop",
+                logprobs=None if c.logprobs is None else ChoiceLogprobs(content=c.logprobs),
+            )
             for c in call.choices
         ],
         usage=call.usage(),
@@ -241,14 +270,15 @@ async def _stream(call: Call, runtime: ServingRuntime) -> AsyncIterator[str]:
             yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content=""))])
         running = len(tasks)
         while running:
-            index, text, finish = await queue.get()
+            index, text, finish, entries = await queue.get()
             if text is None:  # a choice's task ended; `finish` holds its error, if any
                 running -= 1
                 if isinstance(finish, BaseException):
                     raise finish
                 continue
-            if text:
-                yield chunk([ChunkChoice(index=index, delta=Delta(content=text))])
+            if text or entries:
+                logprobs = None if entries is None else ChoiceLogprobs(content=entries)
+                yield chunk([ChunkChoice(index=index, delta=Delta(content=text), logprobs=logprobs)])
             if finish:
                 yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=finish)])
         if include_usage:

@@ -9,6 +9,9 @@ costs O(1) per token, and starts that window inside the prompt so a first token 
 `decode` wraps that one call in ~10 us of Python (argument conversion), which was 4-5 % of the hf engine's
 decode thread on the demo model; the text is the same.
 
+`TokenPieces` gives one token's own text and bytes, for OpenAI's logprobs: exact bytes for byte-level BPE
+(where a token may hold part of a character), the decoded text's bytes otherwise.
+
 `StopStringMatcher` sits after it: it holds back text that could be the start of a stop string and, once a
 stop string appears, returns the text before it and reports the stop. Text after a stop is never emitted.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
 REPLACEMENT_CHAR = "\ufffd"  # what decode gives for an incomplete UTF-8 sequence
@@ -59,6 +63,34 @@ def decoder(tokenizer: Any, skip_special_tokens: bool) -> Callable[[list[int]], 
         backend = tokenizer.backend_tokenizer
         return lambda ids: backend.decode(ids, skip_special_tokens=skip_special_tokens)
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+class TokenPieces:
+    """`pieces(token_id)` -> (text, UTF-8 bytes) of that token alone, cached per id; `is_special(token_id)`."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._special = set(tokenizer.all_special_ids)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._byte_level = backend is not None and type(backend.decoder).__name__ == "ByteLevel"
+        self._cache: dict[int, tuple[str, list[int]]] = {}
+
+    def is_special(self, token_id: int) -> bool:
+        return token_id in self._special
+
+    def __call__(self, token_id: int) -> tuple[str, list[int]]:
+        if token_id not in self._cache:
+            if self._byte_level and not self.is_special(token_id):
+                piece = self._tokenizer.convert_ids_to_tokens(token_id)
+                raw = b"".join(bytes([_BYTE_OF[c]]) if c in _BYTE_OF else c.encode() for c in piece)
+                self._cache[token_id] = (raw.decode("utf-8", errors="replace"), list(raw))
+            else:
+                text = self._tokenizer.decode([token_id])
+                self._cache[token_id] = (text, list(text.encode()))
+        return self._cache[token_id]
+
+
+_BYTE_OF = {char: byte for byte, char in bytes_to_unicode().items()}  # byte-level BPE's alphabet, inverted
 
 
 class StopStringMatcher:

@@ -29,6 +29,9 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     ignore_eos: bool = False  # benchmarks: generate exactly max_tokens
+    # None: no log-probabilities. k >= 0: each output token's logprob and the k most likely tokens at its
+    # position (OpenAI's logprobs=true with top_logprobs=k).
+    logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,17 @@ class GenerationRequest:
     stream: bool = True
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model (its raw logits: before temperature, top_p and
+    penalties, as vLLM's default `raw_logprobs`), and the most likely tokens at that position as
+    (token id, logprob), most likely first."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
 @dataclass
 class GenerationOutput:
     """A delta: the tokens and text produced since the previous output of this request."""
@@ -51,6 +65,7 @@ class GenerationOutput:
     finish_reason: FinishReason | None = None  # set on the last output only
     prompt_tokens: int = 0
     completion_tokens: int = 0  # cumulative
+    logprobs: list[TokenLogprob] | None = None  # with params.logprobs set: one per entry of token_ids
 
 
 class AdapterNotLoadedError(KeyError):

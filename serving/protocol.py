@@ -2,8 +2,8 @@
 
 Serving code maps these models to the engine and back; it never builds JSON by hand. Requests ignore
 unknown fields, as OpenAI does. Fields that front ends send on every request (`tools`, `tool_choice`,
-`parallel_tool_calls`, `response_format`, `logprobs`) are accepted and answered without tool calls or
-log-probabilities, so they never make a chat fail.
+`parallel_tool_calls`, `response_format`) are accepted and answered without tool calls or JSON mode, so
+they never make a chat fail. `logprobs` / `top_logprobs` are honoured, in OpenAI's shape.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class ChatCompletionRequest(_Request):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
-    logprobs: bool | None = None
+    logprobs: bool | None = None  # honoured: each output token's log-probability (raw logits, as vLLM)
     top_logprobs: int | None = Field(None, ge=0, le=20)
     # vLLM's extension, for load tests and benchmarks: generate exactly max_tokens, ignoring end-of-sequence.
     ignore_eos: bool = False
@@ -104,7 +104,13 @@ class ChatCompletionRequest(_Request):
     def _has_a_turn_to_answer(self) -> ChatCompletionRequest:
         if all(m.role in ("system", "developer") for m in self.messages):
             raise ValueError("messages need at least one user, assistant or tool message")
+        if self.top_logprobs and not self.logprobs:  # OpenAI's rule: top_logprobs needs logprobs=true
+            raise ValueError("top_logprobs needs logprobs set to true")
         return self
+
+    def engine_logprobs(self) -> int | None:
+        """The engine's `SamplingParams.logprobs`: None, or how many top tokens to give with each token."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -128,11 +134,26 @@ class AssistantMessage(BaseModel):
     refusal: str | None = None
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None  # the token's UTF-8 bytes (a token may hold part of a character)
+
+
+class TokenLogprobEntry(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobEntry] | None = None
+    refusal: list[TokenLogprobEntry] | None = None
+
+
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -154,7 +175,7 @@ class ChunkChoice(BaseModel):
     index: int
     delta: Delta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -51,6 +51,7 @@ class ServingRuntime:
         )
         self.engine: Engine | None = None
         self.tokenizer: Any = None
+        self.token_pieces: Any = None  # serving.detokenize.TokenPieces of the tokenizer, for logprobs
         self.context_length = 0
         self.state: dict[str, Any] = {"current": None, "previous": None, "canary": None}
         self.started_at = time.time()
@@ -69,11 +70,13 @@ class ServingRuntime:
         """Load tokenizer and engine, then the persisted routing state (a restart serves what it served)."""
         from transformers import AutoTokenizer
 
+        from serving.detokenize import TokenPieces
         from serving.engines import create_engine
 
         self.tokenizer = AutoTokenizer.from_pretrained(
             self.settings.base_model_path, trust_remote_code=self.settings.trust_remote_code
         )
+        self.token_pieces = TokenPieces(self.tokenizer)
         self.engine = create_engine(self.settings)
         starter = getattr(self.engine, "start", None)
         if starter is not None:

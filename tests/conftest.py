@@ -144,6 +144,31 @@ def lora_adapters(make_adapter, tmp_path_factory: pytest.TempPathFactory) -> dic
     return {name: make_adapter(root / name, seed=i + 1) for i, name in enumerate(["ada", "bob", "cat"])}
 
 
+@pytest.fixture(scope="session")
+def reference_logprobs(demo_model_dir: Path, lora_adapters: dict[str, Path]):
+    """`reference_logprobs(prompt, ids, adapter=None)`: [len(ids), vocab] float32 log-softmax of the plain
+    (PEFT) demo model's logits at each generated position, from one forward over prompt + ids."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_model_dir), lora_adapters["ada"], "ada")
+    model.eval()
+
+    @torch.inference_mode()
+    def logprobs(prompt: list[int], ids: list[int], adapter: str | None = None):
+        full = torch.tensor([prompt + ids])
+        if adapter is None:
+            with model.disable_adapter():
+                logits = model(input_ids=full).logits
+        else:
+            model.set_adapter(adapter)
+            logits = model(input_ids=full).logits
+        return torch.log_softmax(logits[0, len(prompt) - 1 : -1].float(), dim=-1)
+
+    return logprobs
+
+
 def register_test_adapter(settings, *, seed: int = 1) -> str:
     from feedback.registry import AdapterRegistry
     from feedback.store import FeedbackStore

@@ -15,6 +15,8 @@ Contract (see `serving.engine`):
 - Adapters: safetensors only, LoRA only, rank <= max_lora_rank, every target module and weight shape must
   fit the base model; at most `max_adapters` are loaded, the least recently used idle one is evicted first.
   A request for an adapter that is not loaded raises `AdapterNotLoadedError` (a KeyError) at once.
+- `params.logprobs` (None or k >= 0): each output carries its tokens' log-softmax of the raw logits and the
+  k most likely tokens (`hf_batch.token_logprobs`), computed only for the rows that asked.
 - A request with `stream=False` (a JSON answer) gets its first token as usual, then everything else in its
   last output: fewer outputs to route and wake up for, in the replica and across the engine process.
 - `abort(id)`, or closing / cancelling the `generate` iterator, takes the sequence out at the next step.
@@ -55,7 +57,16 @@ from serving.engine import (
     GenerationOutput,
     GenerationRequest,
 )
-from serving.engines.hf_batch import KVBatch, Sequence, deliver, left_pad, new_cache, read_outputs, sample
+from serving.engines.hf_batch import (
+    KVBatch,
+    Sequence,
+    deliver,
+    left_pad,
+    new_cache,
+    read_outputs,
+    sample,
+    token_logprobs,
+)
 from serving.engines.packed_linear import pack_linears
 from serving.engines.threads import pick_threads
 
@@ -223,7 +234,7 @@ class HFEngine:
         admitted = self._admit()
         if admitted:
             new, logits = self._prefill(admitted)
-            self._advance(new.seqs, sample(logits, new.seqs))
+            self._advance(new.seqs, logits)
             self._flush_outbox()  # first tokens go out now, not after the decode step
             new.keep([i for i, s in enumerate(new.seqs) if s.finish_reason is None])
             if len(new) and self._batch is None:
@@ -233,7 +244,7 @@ class HFEngine:
         # 2) one decode step for every running sequence; 3) emit deltas (in _advance)
         if self._batch is not None and len(self._batch):
             logits = self._forward(*self._batch.decode_inputs(), self._batch.cache, self._batch.seqs)
-            self._advance(self._batch.seqs, sample(logits, self._batch.seqs))
+            self._advance(self._batch.seqs, logits)
         # 4) retire finished (and aborted) rows
         if self._batch is not None:
             self._batch.keep([i for i, s in enumerate(self._batch.seqs) if s.finish_reason is None])
@@ -274,9 +285,11 @@ class HFEngine:
         )
         return out.logits[:, -1, :].float()
 
-    def _advance(self, seqs: list[Sequence], tokens: list[int]) -> None:
-        """Append each row's new token, check stop conditions, and hand the delta to the consumer."""
-        for seq, token in zip(seqs, tokens, strict=True):
+    def _advance(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        """Sample each row's new token from its logits, append it, check stop conditions, and hand the delta
+        (with the token's logprobs, where asked) to the consumer."""
+        tokens = sample(logits, seqs)
+        for seq, token, logprob in zip(seqs, tokens, token_logprobs(logits, seqs, tokens), strict=True):
             if seq.finish_reason is not None:  # aborted while the step ran
                 continue
             seq.output_ids.append(token)
@@ -288,17 +301,21 @@ class HFEngine:
                 tail, stopped = seq.stops.push(seq.detokenizer.flush())
                 text += tail + ("" if stopped else seq.stops.flush())
                 reason = "stop" if stopped else reason
-            self._emit(seq, [token], text, reason)
+            self._emit(seq, [token], text, reason, [logprob] if logprob else [])
 
-    def _emit(self, seq: Sequence, token_ids: list[int], text: str, reason: str | None) -> None:
-        held_ids, held_text = seq.held
+    def _emit(
+        self, seq: Sequence, token_ids: list[int], text: str, reason: str | None, logprobs: list | None = None
+    ) -> None:
+        held_ids, held_text, held_logprobs = seq.held
+        logprobs = logprobs or []
         if reason is None and not seq.request.stream and len(seq.output_ids) > 1:
             held_ids += token_ids  # a JSON answer: after the first token, only the last output goes out
             held_text.append(text)
+            held_logprobs += logprobs
             return
         if held_ids or held_text:
-            token_ids, text = held_ids + token_ids, "".join(held_text) + text
-            seq.held = ([], [])
+            token_ids, text, logprobs = held_ids + token_ids, "".join(held_text) + text, held_logprobs + logprobs
+            seq.held = ([], [], [])
         if reason is not None:
             self._end(seq, reason)
         out = GenerationOutput(
@@ -307,6 +324,7 @@ class HFEngine:
             finish_reason=reason,
             prompt_tokens=len(seq.request.prompt_ids),
             completion_tokens=len(seq.output_ids),
+            logprobs=None if seq.request.params.logprobs is None else logprobs,
         )
         self._outbox.append((seq, out))
 

@@ -8,8 +8,9 @@
 - `SlabLayer`: a cache layer that writes each step's keys and values into spare columns of a buffer
   instead of concatenating (transformers' `DynamicLayer` copies the whole cache on every step: 21 % of a
   decode step of a 30M model at batch 32). `new_cache()` makes a cache of them.
-- `left_pad` builds the inputs of a batched prefill; `sample` picks each row's next token; `deliver` and
-  `hand_over` pass outputs back to the callers' event loops.
+- `left_pad` builds the inputs of a batched prefill; `sample` picks each row's next token and
+  `token_logprobs` gives its log-probability where the request asked; `deliver` and `hand_over` pass
+  outputs back to the callers' event loops.
 
 Row independence is what makes a request's output the same whatever else is running: padding is masked
 out of attention, positions count real tokens only (not padding), and every sampled row has its own
@@ -28,7 +29,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from serving.detokenize import IncrementalDetokenizer, StopStringMatcher
-from serving.engine import FinishReason, GenerationOutput, GenerationRequest
+from serving.engine import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
 
 MIN_TEMPERATURE = 1e-4  # sampling at a lower temperature is greedy in all but name (float32 logits)
 SPARE_COLUMNS = 64  # a slab grows by this many positions (plus a quarter of its length) when it is full
@@ -77,7 +78,7 @@ class Sequence:
     generator: torch.Generator | None  # None for greedy requests
     output_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
-    held: tuple[list[int], list[str]] = field(default_factory=lambda: ([], []))  # deltas not sent (stream=False)
+    held: tuple[list[int], list[str], list[TokenLogprob]] = field(default_factory=lambda: ([], [], []))  # not sent yet
 
     @classmethod
     def start(cls, request: GenerationRequest, tokenizer: Any, context_length: int, loop, outputs) -> Sequence:
@@ -244,3 +245,21 @@ def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs.masked_fill(outside, 0.0))
         tokens[i] = int(torch.multinomial(probs, 1, generator=seq.generator))
     return tokens
+
+
+def token_logprobs(logits: torch.Tensor, seqs: list[Sequence], tokens: list[int]) -> list[TokenLogprob | None]:
+    """For each row whose request asked for logprobs: the chosen token's log-probability under the raw
+    logits ([rows, vocab], float32) and the request's `logprobs` most likely tokens; None for the others."""
+    rows = [i for i, seq in enumerate(seqs) if seq.request.params.logprobs is not None]
+    out: list[TokenLogprob | None] = [None] * len(seqs)
+    if not rows:
+        return out
+    logp = torch.log_softmax(logits[rows], dim=-1)
+    chosen = logp[torch.arange(len(rows)), torch.tensor([tokens[i] for i in rows])].tolist()
+    k = min(max(seqs[i].request.params.logprobs for i in rows), logp.shape[1])
+    top_values, top_ids = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
+    top_values, top_ids = top_values.tolist(), top_ids.tolist()
+    for j, i in enumerate(rows):
+        n = seqs[i].request.params.logprobs
+        out[i] = TokenLogprob(tokens[i], chosen[j], tuple(zip(top_ids[j][:n], top_values[j][:n], strict=True)))
+    return out

@@ -43,6 +43,7 @@ from serving.engine import (
     FinishReason,
     GenerationOutput,
     GenerationRequest,
+    TokenLogprob,
 )
 
 logger = logging.getLogger(__name__)
@@ -185,6 +186,7 @@ class VLLMEngine:
                     finish_reason=reason,
                     prompt_tokens=len(request.prompt_ids),
                     completion_tokens=produced,
+                    logprobs=_logprobs(completion, request.params.logprobs),
                 )
         finally:
             self._running.discard(request.request_id)
@@ -211,6 +213,7 @@ class VLLMEngine:
             presence_penalty=params.presence_penalty,
             frequency_penalty=params.frequency_penalty,
             ignore_eos=params.ignore_eos,
+            logprobs=params.logprobs,
             output_kind=RequestOutputKind.DELTA,
         )
 
@@ -306,3 +309,14 @@ def _reason(error: BaseException) -> str:
     while error.__cause__ is not None:
         error = error.__cause__
     return str(error) or type(error).__name__
+
+
+def _logprobs(completion: Any, top: int | None) -> list[TokenLogprob] | None:
+    """vLLM's per-token {token id: Logprob} (the sampled token, plus the `top` most likely by rank) as ours."""
+    if top is None:
+        return None
+    out = []
+    for token, candidates in zip(completion.token_ids, completion.logprobs or [], strict=True):
+        ranked = sorted((c.rank, tid, c.logprob) for tid, c in candidates.items() if (c.rank or top + 1) <= top)
+        out.append(TokenLogprob(token, candidates[token].logprob, tuple((tid, lp) for _, tid, lp in ranked)))
+    return out

@@ -95,6 +95,27 @@ def test_bad_requests_are_openai_errors(client, server):
     assert raw.status_code == 400 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
 
 
+def test_logprobs_in_openai_shape_streaming_or_not(client, server):
+    kwargs = dict(
+        model="base", messages=ask(server.prompt), temperature=0, max_tokens=24, logprobs=True, top_logprobs=3
+    )
+    whole = client.chat.completions.create(**kwargs)
+    content = whole.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == whole.choices[0].message.content
+    assert len(content) == whole.usage.completion_tokens - (whole.choices[0].finish_reason == "stop")  # no EOS entry
+    for entry in content:
+        assert entry.logprob <= 0 and bytes(entry.bytes).decode("utf-8", "replace") == entry.token
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].token == entry.token  # greedy: the top one
+        assert [t.logprob for t in entry.top_logprobs] == sorted((t.logprob for t in entry.top_logprobs), reverse=True)
+    chunks = list(client.chat.completions.create(stream=True, **kwargs))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, round(e.logprob, 4)) for e in streamed] == [(e.token, round(e.logprob, 4)) for e in content]
+    plain = client.chat.completions.create(model="base", messages=ask(server.prompt), max_tokens=4)
+    assert plain.choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
+        client.chat.completions.create(model="base", messages=ask("hi"), top_logprobs=2)
+
+
 def test_front_end_extras_never_fail_a_chat(client, server):
     tools = [{"type": "function", "function": {"name": "web_search", "parameters": {"type": "object"}}}]
     response = client.chat.completions.create(

@@ -128,6 +128,40 @@ def test_greedy_equals_plain_generate(engine, prompts, plain_generate, adapter):
         assert (outputs[-1].prompt_tokens, outputs[-1].completion_tokens) == (len(prompt), len(ids))
 
 
+@pytest.mark.parametrize("adapter", [None, "ada"])
+def test_logprobs_are_the_models_alone_and_in_a_batch(engine, prompts, reference_logprobs, adapter):
+    top = SamplingParams(max_tokens=12, temperature=0, logprobs=3)
+    sampled = SamplingParams(max_tokens=12, temperature=0.9, seed=5, logprobs=0)
+
+    async def run():
+        reqs = [request(prompts[2], top, adapter), request(prompts[4], sampled, adapter), request(prompts[6])]
+        return await asyncio.gather(*(collect(engine, r) for r in reqs))
+
+    alone = asyncio.run(collect(engine, request(prompts[2], top, adapter)))
+    crowd = asyncio.run(run())
+    for (ids, _, outputs), prompt, k in ((alone, prompts[2], 3), (crowd[0], prompts[2], 3), (crowd[1], prompts[4], 0)):
+        logprobs = [lp for out in outputs for lp in out.logprobs]
+        assert [lp.token_id for lp in logprobs] == ids
+        want = reference_logprobs(prompt, ids, adapter)
+        got = torch.tensor([lp.logprob for lp in logprobs])
+        assert torch.allclose(got, want[torch.arange(len(ids)), torch.tensor(ids)], atol=1e-4)
+        for lp, row in zip(logprobs, want, strict=True):
+            assert [t for t, _ in lp.top] == row.topk(k).indices.tolist()
+            assert torch.allclose(torch.tensor([v for _, v in lp.top]), row.topk(k).values, atol=1e-4)
+        if k:  # greedy: the chosen token is the most likely one
+            assert all(lp.top[0] == (lp.token_id, lp.logprob) for lp in logprobs)
+    assert crowd[0][0] == alone[0]
+    assert all(out.logprobs is None for out in crowd[2][2]), "a request that did not ask gets no logprobs"
+
+
+def test_a_json_answer_carries_the_logprobs_of_every_token(engine, prompts):
+    params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, logprobs=2)
+    req = GenerationRequest("json-logprobs", prompts[3], params, stream=False)
+    ids, _, outputs = asyncio.run(collect(engine, req))
+    assert len(outputs) == 2 and len(ids) == 20
+    assert [lp.token_id for out in outputs for lp in out.logprobs] == ids
+
+
 def test_adapters_change_the_output(engine, prompts):
     outputs = {a: asyncio.run(collect(engine, request(prompts[2], adapter=a)))[0] for a in (None, "ada", "bob")}
     assert len({tuple(ids) for ids in outputs.values()}) == 3

@@ -159,6 +159,21 @@ def test_greedy_equals_plain_generate(engine, loop, prompts, plain_generate, tok
         assert (outputs[-1].prompt_tokens, outputs[-1].completion_tokens) == (len(prompt), len(ids))
 
 
+@pytest.mark.parametrize("adapter", [None, "ada"])
+def test_logprobs_match_the_plain_model(engine, loop, prompts, reference_logprobs, adapter):
+    """The same numbers as the hf engine gives: raw log-softmax of the model's logits, top tokens by rank."""
+    for params in (SamplingParams(max_tokens=12, temperature=0, logprobs=3), SamplingParams(max_tokens=12, logprobs=0)):
+        ids, _, outputs = loop.run(collect(engine, request(prompts[2], params, adapter)))
+        logprobs = [lp for out in outputs for lp in out.logprobs]
+        assert [lp.token_id for lp in logprobs] == ids
+        want = reference_logprobs(prompts[2], ids, adapter)
+        got = torch.tensor([lp.logprob for lp in logprobs])
+        assert torch.allclose(got, want[torch.arange(len(ids)), torch.tensor(ids)], atol=1e-3)
+        for lp, row in zip(logprobs, want, strict=True):
+            assert [t for t, _ in lp.top] == row.topk(params.logprobs).indices.tolist()
+    assert all(out.logprobs is None for out in loop.run(collect(engine, request(prompts[2])))[2])
+
+
 def test_adapters_change_the_output(engine, loop, prompts):
     outputs = {a: loop.run(collect(engine, request(prompts[2], adapter=a)))[0] for a in (None, "ada", "bob")}
     assert len({tuple(ids) for ids in outputs.values()}) == 3
