@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from feedback.models import Completion, new_id
 from serving import metrics
 from serving.auth import require_api_key
-from serving.engine import AdapterNotLoadedError, GenerationRequest, SamplingParams, TokenLogprob
+from serving.engine import AdapterNotLoadedError, GenerationRequest, JsonFormat, SamplingParams, TokenLogprob
 from serving.errors import APIError
 from serving.protocol import (
     AssistantMessage,
@@ -170,10 +170,24 @@ async def _prepare(body: ChatCompletionRequest, key_id: str | None, runtime: Ser
         frequency_penalty=body.frequency_penalty,
         ignore_eos=body.ignore_eos,
         logprobs=body.engine_logprobs(),
+        json_format=_json_format(body),
     )
     call = Call(id=new_id("chatcmpl"), body=body, route=route, prompt_ids=prompt_ids, params=params, key_id=key_id)
     call.choices = [ChoiceState(i, logprobs=None if params.logprobs is None else []) for i in range(body.n)]
     return call
+
+
+def _json_format(body: ChatCompletionRequest) -> JsonFormat | None:
+    """JSON mode for the engine; a schema that cannot become a grammar is a 400 here, before any streaming."""
+    fmt = body.json_format()
+    if fmt is not None:
+        from serving.engines.grammar import check_schema  # xgrammar and torch: only for JSON-schema requests
+
+        try:
+            check_schema(fmt.schema)
+        except ValueError as error:
+            raise APIError(400, str(error), param="response_format") from None
+    return fmt
 
 
 def _logprob_entries(runtime: ServingRuntime, logprobs: list[TokenLogprob] | None) -> list[TokenLogprobEntry]:
@@ -218,6 +232,8 @@ async def _run_choice(
     except Exception as exc:
         if isinstance(exc, AdapterNotLoadedError):  # evicted or unloaded between routing and the first step
             exc = APIError(503, f"{exc}; retry shortly", code="adapter_unavailable", headers={"Retry-After": "1"})
+        elif isinstance(exc, ValueError):  # the engine refused the request as it is (a schema it cannot use)
+            exc = APIError(400, str(exc))
         error = exc
         if queue is None:
             raise exc from None
@@ -332,6 +348,8 @@ def _finish(call: Call, runtime: ServingRuntime) -> None:
                 "n": body.n,
                 "presence_penalty": body.presence_penalty,
                 "frequency_penalty": body.frequency_penalty,
+                "logprobs": call.params.logprobs,
+                "json_schema": None if call.params.json_format is None else call.params.json_format.schema,
             },
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,

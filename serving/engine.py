@@ -20,6 +20,16 @@ FinishReason = Literal["stop", "length", "abort"]
 
 
 @dataclass(frozen=True)
+class JsonFormat:
+    """Constrain the output to JSON that matches `schema`, a JSON Schema as text (OpenAI's `response_format`:
+    `json_schema`, or `json_object`, which is the schema `{"type": "object"}`). Both engines write it compact,
+    with no whitespace outside strings (vLLM's `disable_any_whitespace`): a small model left free to add
+    whitespace may add nothing else until max_tokens."""
+
+    schema: str = '{"type": "object"}'
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int = 64
     temperature: float = 1.0  # 0 = greedy
@@ -32,6 +42,7 @@ class SamplingParams:
     # None: no log-probabilities. k >= 0: each output token's logprob and the k most likely tokens at its
     # position (OpenAI's logprobs=true with top_logprobs=k).
     logprobs: int | None = None
+    json_format: JsonFormat | None = None  # JSON mode; an engine without a grammar library answers unconstrained
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,19 @@
 
 Serving code maps these models to the engine and back; it never builds JSON by hand. Requests ignore
 unknown fields, as OpenAI does. Fields that front ends send on every request (`tools`, `tool_choice`,
-`parallel_tool_calls`, `response_format`) are accepted and answered without tool calls or JSON mode, so
-they never make a chat fail. `logprobs` / `top_logprobs` are honoured, in OpenAI's shape.
+`parallel_tool_calls`) are accepted and answered without tool calls, so they never make a chat fail.
+`response_format` (JSON mode, `json_object` or `json_schema`) and `logprobs` / `top_logprobs` are honoured.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serving.engine import JsonFormat
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -65,6 +68,24 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Request):
+    name: str = Field(min_length=1, max_length=64)
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(_Request):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_when_asked(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs json_schema")
+        return self
+
+
 class ChatCompletionRequest(_Request):
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -84,7 +105,7 @@ class ChatCompletionRequest(_Request):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None  # honoured: JSON mode (where the engine has xgrammar)
     logprobs: bool | None = None  # honoured: each output token's log-probability (raw logits, as vLLM)
     top_logprobs: int | None = Field(None, ge=0, le=20)
     # vLLM's extension, for load tests and benchmarks: generate exactly max_tokens, ignoring end-of-sequence.
@@ -107,6 +128,13 @@ class ChatCompletionRequest(_Request):
         if self.top_logprobs and not self.logprobs:  # OpenAI's rule: top_logprobs needs logprobs=true
             raise ValueError("top_logprobs needs logprobs set to true")
         return self
+
+    def json_format(self) -> JsonFormat | None:
+        """The engine's `SamplingParams.json_format`: None for text, else any JSON object or this schema."""
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        return JsonFormat(json.dumps(fmt.json_schema.schema_)) if fmt.type == "json_schema" else JsonFormat()
 
     def engine_logprobs(self) -> int | None:
         """The engine's `SamplingParams.logprobs`: None, or how many top tokens to give with each token."""

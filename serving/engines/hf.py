@@ -15,6 +15,8 @@ Contract (see `serving.engine`):
 - Adapters: safetensors only, LoRA only, rank <= max_lora_rank, every target module and weight shape must
   fit the base model; at most `max_adapters` are loaded, the least recently used idle one is evicted first.
   A request for an adapter that is not loaded raises `AdapterNotLoadedError` (a KeyError) at once.
+- `params.json_format`: JSON mode through xgrammar (`grammar.py`), when it is installed: each step masks
+  the tokens that cannot continue the JSON; the end of sequence comes only once it is complete.
 - `params.logprobs` (None or k >= 0): each output carries its tokens' log-softmax of the raw logits and the
   k most likely tokens (`hf_batch.token_logprobs`), computed only for the rows that asked.
 - A request with `stream=False` (a JSON answer) gets its first token as usual, then everything else in its
@@ -57,6 +59,7 @@ from serving.engine import (
     GenerationOutput,
     GenerationRequest,
 )
+from serving.engines.grammar import Grammars
 from serving.engines.hf_batch import (
     KVBatch,
     Sequence,
@@ -110,6 +113,7 @@ class HFEngine:
         own_length = getattr(self._base.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
         self.context_length = min(max_model_len, own_length) if max_model_len else own_length
         self.eos_ids = _eos_ids(self.tokenizer, self._base.generation_config)
+        self._grammars = Grammars(self.tokenizer, self._base.config.vocab_size)
         # State below belongs to the decode loop thread; `_listed` is its read-only snapshot for other threads.
         self._adapters: OrderedDict[str, str] = OrderedDict()  # name -> path, least recently used first
         self._in_use: Counter[str] = Counter()  # adapter -> sequences waiting or running with it
@@ -178,7 +182,10 @@ class HFEngine:
     def submit(self, request: GenerationRequest, loop=None, outputs=None) -> None:
         """Start a request (ValueError at once if it cannot run); its outputs go to `outputs`, an
         asyncio.Queue of `loop`, or to whatever this engine's `deliver` does with them."""
-        self._commands.put(("add", Sequence.start(request, self.tokenizer, self.context_length, loop, outputs)))
+        fmt = request.params.json_format
+        constraint = None if fmt is None else self._grammars.constraint(fmt)
+        seq = Sequence.start(request, self.tokenizer, self.context_length, loop, outputs, constraint)
+        self._commands.put(("add", seq))
 
     def cancel(self, request_id: str) -> None:
         self._commands.put(("abort", request_id))
@@ -293,6 +300,8 @@ class HFEngine:
             if seq.finish_reason is not None:  # aborted while the step ran
                 continue
             seq.output_ids.append(token)
+            if seq.constraint is not None:
+                seq.constraint.accept(token)
             params = seq.request.params
             is_eos = token in self.eos_ids and not params.ignore_eos
             text, stopped = seq.stops.push("" if is_eos else seq.detokenizer.push(token))

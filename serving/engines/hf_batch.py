@@ -30,6 +30,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from serving.detokenize import IncrementalDetokenizer, StopStringMatcher
 from serving.engine import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
+from serving.engines.grammar import JsonConstraint
 
 MIN_TEMPERATURE = 1e-4  # sampling at a lower temperature is greedy in all but name (float32 logits)
 SPARE_COLUMNS = 64  # a slab grows by this many positions (plus a quarter of its length) when it is full
@@ -76,12 +77,15 @@ class Sequence:
     detokenizer: IncrementalDetokenizer
     stops: StopStringMatcher
     generator: torch.Generator | None  # None for greedy requests
+    constraint: JsonConstraint | None = None  # JSON mode
     output_ids: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     held: tuple[list[int], list[str], list[TokenLogprob]] = field(default_factory=lambda: ([], [], []))  # not sent yet
 
     @classmethod
-    def start(cls, request: GenerationRequest, tokenizer: Any, context_length: int, loop, outputs) -> Sequence:
+    def start(
+        cls, request: GenerationRequest, tokenizer: Any, context_length: int, loop, outputs, constraint=None
+    ) -> Sequence:
         """Check the request and set up its state; outputs go to `outputs`, an asyncio.Queue of `loop`."""
         params, n_prompt = request.params, len(request.prompt_ids)
         if n_prompt == 0 or n_prompt >= context_length:
@@ -100,6 +104,7 @@ class Sequence:
             detokenizer=IncrementalDetokenizer(tokenizer, request.prompt_ids),
             stops=StopStringMatcher(params.stop),
             generator=generator,
+            constraint=constraint,
         )
 
     @property
@@ -219,15 +224,17 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 
 
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-    """Next token of each row of `logits` ([rows, vocab], float32): penalties, then greedy or
-    temperature + top-p with the row's own generator."""
-    tokens = logits.argmax(dim=-1).tolist()  # greedy rows without penalties are done here
+    """Next token of each row of `logits` ([rows, vocab], float32): penalties, the JSON grammar's mask, then
+    greedy or temperature + top-p with the row's own generator. `logits` itself is left as it is."""
+    tokens = logits.argmax(dim=-1).tolist()  # greedy rows without penalties or grammar are done here
     for i, seq in enumerate(seqs):
         params = seq.request.params
         penalized = (params.presence_penalty or params.frequency_penalty) and seq.output_ids
-        if params.temperature == 0 and not penalized:
+        if params.temperature == 0 and not penalized and seq.constraint is None:
             continue
         row = logits[i]
+        if seq.constraint is not None:
+            row = seq.constraint.mask(row)
         if penalized:
             # OpenAI: logit -= count * frequency_penalty + (count > 0) * presence_penalty, over the output so far.
             counts = torch.bincount(torch.tensor(seq.output_ids), minlength=row.shape[0])[: row.shape[0]].float()

@@ -6,7 +6,8 @@ Contract (see `serving.engine`):
   `load_adapter` start the engine themselves when nobody called `start()`. `context_length` is valid after
   start. The engine belongs to the event loop that first generates with it (vLLM's output handler lives
   there); the blocking construction runs in a worker thread, so that loop stays responsive meanwhile.
-- `generate` sends `TokensPrompt(prompt_token_ids=...)` with vLLM `SamplingParams` in DELTA mode; each vLLM
+- `generate` sends `TokensPrompt(prompt_token_ids=...)` with vLLM `SamplingParams` in DELTA mode (JSON mode
+  as its structured outputs, logprobs as its raw logprobs); each vLLM
   output becomes one `GenerationOutput` delta. vLLM's finish reasons map to stop / length / abort. Closing
   or cancelling the iterator (a client that disconnects) aborts the request inside vLLM.
 - Adapters: safetensors only, LoRA only, rank <= max_lora_rank, every target module and weight shape must
@@ -43,6 +44,7 @@ from serving.engine import (
     FinishReason,
     GenerationOutput,
     GenerationRequest,
+    JsonFormat,
     TokenLogprob,
 )
 
@@ -111,6 +113,7 @@ class VLLMEngine:
                 logger.info("vLLM engine ready: %s, %s, context %d", self.model_path, self.dtype, self.context_length)
 
     def _build(self) -> Any:
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -129,6 +132,8 @@ class VLLMEngine:
             kv_cache_memory_bytes=int(self.kv_cache_gib * 2**30) if current_platform.is_cpu() else None,
             enforce_eager=current_platform.is_cpu(),  # no graphs to compile on CPU: start-up is long enough
             disable_log_stats=True,
+            # JSON mode as the hf engine does it: xgrammar, no whitespace (vLLM reads this engine-wide only).
+            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
         )
         return AsyncLLM.from_engine_args(args)
 
@@ -197,7 +202,7 @@ class VLLMEngine:
 
     def _sampling_params(self, request: GenerationRequest) -> Any:
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         params, n_prompt = request.params, len(request.prompt_ids)
         if n_prompt == 0 or n_prompt >= self.context_length:
@@ -214,6 +219,7 @@ class VLLMEngine:
             frequency_penalty=params.frequency_penalty,
             ignore_eos=params.ignore_eos,
             logprobs=params.logprobs,
+            structured_outputs=_structured(params.json_format, StructuredOutputsParams),
             output_kind=RequestOutputKind.DELTA,
         )
 
@@ -309,6 +315,13 @@ def _reason(error: BaseException) -> str:
     while error.__cause__ is not None:
         error = error.__cause__
     return str(error) or type(error).__name__
+
+
+def _structured(fmt: JsonFormat | None, params_class: Any) -> Any:
+    """JSON mode as vLLM's structured outputs (its xgrammar backend: the same masks as the hf engine's)."""
+    if fmt is None:
+        return None
+    return params_class(json=fmt.schema)
 
 
 def _logprobs(completion: Any, top: int | None) -> list[TokenLogprob] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 
 from feedback.store import FeedbackStore
+from serving.engines import grammar
 
 pytestmark = [pytest.mark.e2e]
 
@@ -114,6 +116,26 @@ def test_logprobs_in_openai_shape_streaming_or_not(client, server):
     assert plain.choices[0].logprobs is None
     with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
         client.chat.completions.create(model="base", messages=ask("hi"), top_logprobs=2)
+
+
+@pytest.mark.skipif(grammar.xgrammar is None, reason="xgrammar is not installed (extras vllm-cpu or structured)")
+def test_json_mode_through_response_format(client, server):
+    schema = {"type": "object", "properties": {"tea": {"enum": ["green", "black"]}}, "required": ["tea"]}
+    response_format = {"type": "json_schema", "json_schema": {"name": "tea", "schema": schema, "strict": True}}
+    kwargs = dict(model="base", messages=ask(server.prompt), temperature=0, max_tokens=32)
+    whole = client.chat.completions.create(response_format=response_format, **kwargs)
+    assert json.loads(whole.choices[0].message.content)["tea"] in ("green", "black")
+    chunks = client.chat.completions.create(response_format=response_format, stream=True, **kwargs)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+    anything = client.chat.completions.create(response_format={"type": "json_object"}, **kwargs)
+    assert anything.choices[0].message.content.startswith("{")
+    for bad in (
+        {"type": "xml"},
+        {"type": "json_schema"},
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strange"}}},
+    ):
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(response_format=bad, **kwargs)
 
 
 def test_front_end_extras_never_fail_a_chat(client, server):

