@@ -54,6 +54,11 @@ class JsonConstraint:
         if not self._matcher.accept_token(token):  # cannot happen for a token sampled from mask()
             raise RuntimeError(f"the JSON grammar refused token {token}")
 
+    @property
+    def done(self) -> bool:
+        """The JSON is complete and its end of sequence taken: the answer ends (even with ignore_eos)."""
+        return self._matcher.is_terminated()
+
 
 class Grammars:
     def __init__(self, tokenizer: Any, vocab_size: int) -> None:

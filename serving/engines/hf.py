@@ -303,7 +303,7 @@ class HFEngine:
             if seq.constraint is not None:
                 seq.constraint.accept(token)
             params = seq.request.params
-            is_eos = token in self.eos_ids and not params.ignore_eos
+            is_eos = (token in self.eos_ids and not params.ignore_eos) or bool(seq.constraint and seq.constraint.done)
             text, stopped = seq.stops.push("" if is_eos else seq.detokenizer.push(token))
             reason = "stop" if stopped or is_eos else "length" if len(seq.output_ids) >= seq.max_tokens else None
             if reason and not stopped:  # the end: flush what the detokenizer and the stop matcher held back

@@ -9,6 +9,7 @@ import itertools
 import json
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,8 @@ def test_json_mode_gives_json_of_the_schema_alone_and_in_a_batch(engine, prompts
     else:  # cut by max_tokens: what came is still the start of an object
         assert sampled.startswith("{")
     assert free_ids == asyncio.run(collect(engine, request(prompts[7])))[0], "the unconstrained row is unchanged"
+    forced = replace(schema, ignore_eos=True)  # JSON mode ends the answer at the end of the JSON all the same
+    assert asyncio.run(collect(engine, request(prompts[0], forced)))[0] == ids
     with pytest.raises(ValueError, match="not usable"):
         engine.submit(request(prompts[0], SamplingParams(json_format=JsonFormat('{"type": "strange"}'))))
 
