@@ -175,9 +175,16 @@ async def run_engine(engine_name: str, model_dir: Path, requests: int, tokens: i
 
 
 async def run_http(
-    base_url: str, model: str, requests: int, tokens: int, levels: list[int], stream: bool = False
+    base_url: str,
+    model: str,
+    requests: int,
+    tokens: int,
+    levels: list[int],
+    stream: bool = False,
+    logprobs: int | None = None,
 ) -> dict:
-    """Chat requests over HTTP; with `stream`, as SSE streams read to their `data: [DONE]`."""
+    """Chat requests over HTTP; with `stream`, as SSE streams read to their `data: [DONE]`; with `logprobs`,
+    each token's logprob and that many top tokens (`logprobs=true, top_logprobs=k`)."""
     import httpx
 
     body = {
@@ -188,6 +195,8 @@ async def run_http(
         "ignore_eos": True,
         "stream": stream,
     }
+    if logprobs is not None:
+        body |= {"logprobs": True, "top_logprobs": logprobs}
     async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=httpx.Limits(max_connections=64)) as client:
 
         async def one() -> None:

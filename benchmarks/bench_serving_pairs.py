@@ -7,7 +7,8 @@ machine.
 `bench_serving.py` runs its systems one after another, minutes apart; on this 2-core machine, whose speed
 drifts by 2x within minutes, that puts the drift into every ratio. Here every server is started first and
 stays up, then each round sends the same burst (`--requests` chat requests of `--tokens` greedy tokens,
-end-of-sequence ignored, at `--concurrency`; `--stream` for SSE) to each system in turn, rotating who goes
+end-of-sequence ignored, at `--concurrency`; `--stream` for SSE; `--logprobs K` for each token's logprob and
+its K likeliest alternatives) to each system in turn, rotating who goes
 first. A ratio is taken within a round, so both sides of it ran within seconds of each other; the table
 gives each system's median tokens/s and, against every other system, the median of the per-round ratios
 and how many rounds it won.
@@ -95,7 +96,7 @@ def start(system: str, model_dir: Path, stack: ExitStack, args: argparse.Namespa
         url = stack.enter_context(ratchet_running(model_dir, RATCHET[system]))
 
     def burst(requests: int = args.requests, concurrency: int = args.concurrency) -> float:
-        result = asyncio.run(run_http(url, "base", requests, args.tokens, [concurrency], args.stream))
+        result = asyncio.run(run_http(url, "base", requests, args.tokens, [concurrency], args.stream, args.logprobs))
         return result[concurrency]["tokens_per_s"]
 
     burst(8, 8)  # warm-up: first requests pay for lazy set-up in every system
@@ -166,6 +167,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--stream", action="store_true", help="SSE streams (each token its own event), not JSON")
+    parser.add_argument("--logprobs", type=int, default=None, help="ask for logprobs with this many top tokens")
     args = parser.parse_args()
     systems = args.systems.split(",")
     known = ["naive", *RATCHET, "vllm-server", "vllm-server-lora"]
