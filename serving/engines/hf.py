@@ -22,6 +22,9 @@ Contract (see `serving.engine`):
 - A request with `stream=False` (a JSON answer) gets its first token as usual, then everything else in its
   last output: fewer outputs to route and wake up for, in the replica and across the engine process.
 - `abort(id)`, or closing / cancelling the `generate` iterator, takes the sequence out at the next step.
+- Failures: an exception in one request's own bookkeeping (its grammar, detokenizer, stop matcher) ends that
+  request alone, with the error; a failed forward pass or sampling step fails every request in the batch
+  (the engine itself runs on).
 - `torch_threads` is set in the decode thread; with OpenMP that is per thread, so the rest of the process
   keeps its own. 0 picks it by timing a decode step of `max_batch_size` rows at 1..`max_threads` threads
   (`threads.pick_threads`): one thread for the demo model, whose steps are too small to split, two for the
@@ -299,18 +302,27 @@ class HFEngine:
         for seq, token, logprob in zip(seqs, tokens, token_logprobs(logits, seqs, tokens), strict=True):
             if seq.finish_reason is not None:  # aborted while the step ran
                 continue
-            seq.output_ids.append(token)
-            if seq.constraint is not None:
-                seq.constraint.accept(token)
-            params = seq.request.params
-            is_eos = (token in self.eos_ids and not params.ignore_eos) or bool(seq.constraint and seq.constraint.done)
-            text, stopped = seq.stops.push("" if is_eos else seq.detokenizer.push(token))
-            reason = "stop" if stopped or is_eos else "length" if len(seq.output_ids) >= seq.max_tokens else None
-            if reason and not stopped:  # the end: flush what the detokenizer and the stop matcher held back
-                tail, stopped = seq.stops.push(seq.detokenizer.flush())
-                text += tail + ("" if stopped else seq.stops.flush())
-                reason = "stop" if stopped else reason
-            self._emit(seq, [token], text, reason, [logprob] if logprob else [])
+            try:
+                self._append(seq, token, logprob)
+            except Exception as error:  # this request's own state failed (its grammar, say): it ends alone
+                logger.exception("request %s failed", seq.request.request_id)
+                if seq.finish_reason is None:
+                    self._end(seq, "abort")
+                self._outbox.append((seq, error))
+
+    def _append(self, seq: Sequence, token: int, logprob: Any) -> None:
+        seq.output_ids.append(token)
+        if seq.constraint is not None:
+            seq.constraint.accept(token)
+        params = seq.request.params
+        is_eos = (token in self.eos_ids and not params.ignore_eos) or bool(seq.constraint and seq.constraint.done)
+        text, stopped = seq.stops.push("" if is_eos else seq.detokenizer.push(token))
+        reason = "stop" if stopped or is_eos else "length" if len(seq.output_ids) >= seq.max_tokens else None
+        if reason and not stopped:  # the end: flush what the detokenizer and the stop matcher held back
+            tail, stopped = seq.stops.push(seq.detokenizer.flush())
+            text += tail + ("" if stopped else seq.stops.flush())
+            reason = "stop" if stopped else reason
+        self._emit(seq, [token], text, reason, [logprob] if logprob else [])
 
     def _emit(
         self, seq: Sequence, token_ids: list[int], text: str, reason: str | None, logprobs: list | None = None

