@@ -9,8 +9,8 @@ the API promises that `response_format` never makes a chat fail.
 - `Grammars.constraint(fmt)` -> `JsonConstraint`, one per request, for JSON in one layout (no free whitespace,
   as `JsonFormat` says); a schema xgrammar cannot compile is a ValueError (refused at once).
   `check_schema(text)` makes the same check without a tokenizer.
-- `JsonConstraint.mask(row)` returns the logits row with the forbidden tokens at -inf; `accept(token)`
-  advances the matcher. The end of sequence is allowed only once the JSON is complete.
+- `JsonConstraint.mask_(row)` sets the forbidden tokens' logits to -inf, in place; `accept(token)` advances
+  the matcher; `done` once the JSON is complete and its end of sequence taken (only then is it allowed).
 """
 
 from __future__ import annotations
@@ -44,11 +44,13 @@ class JsonConstraint:
         self._matcher = matcher
         self._bitmask = xgrammar.allocate_token_bitmask(1, vocab_size)
 
-    def mask(self, row: torch.Tensor) -> torch.Tensor:
-        masked = row.clone()[None]
+    def mask_(self, row: torch.Tensor) -> None:
+        """Set the logits of every token that cannot come next to -inf, in place; ValueError if none can
+        (a schema nothing satisfies, such as `{"enum": []}` in a property)."""
         self._matcher.fill_next_token_bitmask(self._bitmask)
-        xgrammar.apply_token_bitmask_inplace(masked, self._bitmask)
-        return masked[0]
+        xgrammar.apply_token_bitmask_inplace(row[None], self._bitmask)
+        if torch.isneginf(row).all():
+            raise ValueError("response_format.json_schema.schema allows no output here: nothing satisfies it")
 
     def accept(self, token: int) -> None:
         if not self._matcher.accept_token(token):  # cannot happen for a token sampled from mask()

@@ -298,17 +298,27 @@ class HFEngine:
     def _advance(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
         """Sample each row's new token from its logits, append it, check stop conditions, and hand the delta
         (with the token's logprobs, where asked) to the consumer."""
-        tokens = sample(logits, seqs)
+        allowed = logits  # JSON-mode rows sample from a copy with their grammar's mask; logprobs stay raw
+        constrained = [i for i, seq in enumerate(seqs) if seq.constraint is not None and seq.finish_reason is None]
+        if constrained:
+            allowed = logits.clone()
+            for i in constrained:
+                self._guarded(seqs[i], seqs[i].constraint.mask_, allowed[i])
+        tokens = sample(allowed, seqs)
         for seq, token, logprob in zip(seqs, tokens, token_logprobs(logits, seqs, tokens), strict=True):
-            if seq.finish_reason is not None:  # aborted while the step ran
-                continue
-            try:
-                self._append(seq, token, logprob)
-            except Exception as error:  # this request's own state failed (its grammar, say): it ends alone
+            if seq.finish_reason is None:  # not aborted while the step ran, nor failed above
+                self._guarded(seq, self._append, seq, token, logprob)
+
+    def _guarded(self, seq: Sequence, work: Callable, *args) -> None:
+        """Run one request's own work; if it fails (its grammar, its detokenizer), that request ends alone."""
+        try:
+            work(*args)
+        except Exception as error:
+            if not isinstance(error, ValueError):  # a ValueError is the request's own fault: no stack needed
                 logger.exception("request %s failed", seq.request.request_id)
-                if seq.finish_reason is None:
-                    self._end(seq, "abort")
-                self._outbox.append((seq, error))
+            if seq.finish_reason is None:
+                self._end(seq, "abort")
+            self._outbox.append((seq, error))
 
     def _append(self, seq: Sequence, token: int, logprob: Any) -> None:
         seq.output_ids.append(token)

@@ -224,17 +224,15 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 
 
 def sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-    """Next token of each row of `logits` ([rows, vocab], float32): penalties, the JSON grammar's mask, then
-    greedy or temperature + top-p with the row's own generator. `logits` itself is left as it is."""
-    tokens = logits.argmax(dim=-1).tolist()  # greedy rows without penalties or grammar are done here
+    """Next token of each row of `logits` ([rows, vocab], float32): penalties, then greedy or
+    temperature + top-p with the row's own generator."""
+    tokens = logits.argmax(dim=-1).tolist()  # greedy rows without penalties are done here
     for i, seq in enumerate(seqs):
         params = seq.request.params
         penalized = (params.presence_penalty or params.frequency_penalty) and seq.output_ids
-        if params.temperature == 0 and not penalized and seq.constraint is None:
+        if (params.temperature == 0 and not penalized) or seq.finish_reason is not None:
             continue
         row = logits[i]
-        if seq.constraint is not None:
-            row = seq.constraint.mask(row)
         if penalized:
             # OpenAI: logit -= count * frequency_penalty + (count > 0) * presence_penalty, over the output so far.
             counts = torch.bincount(torch.tensor(seq.output_ids), minlength=row.shape[0])[: row.shape[0]].float()

