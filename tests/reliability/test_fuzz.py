@@ -122,5 +122,8 @@ def test_extreme_sampling_parameters_sample_the_top_token(temperature, top_p):
     logits = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
     params = SamplingParams(max_tokens=1, temperature=temperature, top_p=top_p)
     request = SimpleNamespace(params=params)
-    rows = [SimpleNamespace(request=request, output_ids=[], generator=torch.Generator()) for _ in range(3)]
+    rows = [
+        SimpleNamespace(request=request, output_ids=[], generator=torch.Generator(), finish_reason=None)
+        for _ in range(3)
+    ]
     assert sample(logits, rows) == logits.argmax(dim=-1).tolist()
