@@ -6,10 +6,11 @@ Contract (see `serving.engine`):
   `load_adapter` start the engine themselves when nobody called `start()`. `context_length` is valid after
   start. The engine belongs to the event loop that first generates with it (vLLM's output handler lives
   there); the blocking construction runs in a worker thread, so that loop stays responsive meanwhile.
-- `generate` sends `TokensPrompt(prompt_token_ids=...)` with vLLM `SamplingParams` in DELTA mode (JSON mode
-  as its structured outputs, logprobs as its raw logprobs); each vLLM
-  output becomes one `GenerationOutput` delta. vLLM's finish reasons map to stop / length / abort. Closing
-  or cancelling the iterator (a client that disconnects) aborts the request inside vLLM.
+- `generate` sends `TokensPrompt(prompt_token_ids=...)` with vLLM `SamplingParams` in DELTA mode (JSON
+  mode as its structured outputs, logprobs as its raw logprobs); each vLLM output becomes one
+  `GenerationOutput` delta. A request with `stream=False` (a JSON answer) gets its first delta, then all
+  the others merged into its last, as the hf engine does. vLLM's finish reasons map to stop / length /
+  abort. Closing or cancelling the iterator (a client that disconnects) aborts the request inside vLLM.
 - Adapters: safetensors only, LoRA only, rank <= max_lora_rank, every target module and weight shape must
   fit the base model (vLLM itself loads a misfit without a word and answers garbage), then `add_lora` at
   once, so a bad adapter fails in `load_adapter`, not on its first request. Each (name, path) keeps one
@@ -170,7 +171,7 @@ class VLLMEngine:
             self._adapters.move_to_end(adapter)
         prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids))
         stream = self._llm.generate(prompt, sampling, request.request_id, lora_request=lora)
-        produced, finished = 0, False
+        produced, finished, held = 0, False, None
         if adapter is not None:
             self._in_use[adapter] += 1
         self._running.add(request.request_id)
@@ -185,7 +186,7 @@ class VLLMEngine:
                     if str(completion.finish_reason) == "error":
                         logger.warning("vLLM ended request %s with an error", request.request_id)
                         reason = "abort"
-                yield GenerationOutput(
+                delta = GenerationOutput(
                     token_ids=list(completion.token_ids),
                     text=completion.text,
                     finish_reason=reason,
@@ -193,6 +194,12 @@ class VLLMEngine:
                     completion_tokens=produced,
                     logprobs=_logprobs(completion, request.params.logprobs),
                 )
+                first = produced == len(delta.token_ids)
+                if request.stream or first or finished:
+                    yield delta if held is None else _merged(held, delta)
+                    held = None
+                else:  # a JSON answer: after its first token, everything else goes out in the last output
+                    held = delta if held is None else _merged(held, delta)
         finally:
             self._running.discard(request.request_id)
             if not finished:  # the consumer stopped early (closed, cancelled, disconnected)
@@ -315,6 +322,19 @@ def _reason(error: BaseException) -> str:
     while error.__cause__ is not None:
         error = error.__cause__
     return str(error) or type(error).__name__
+
+
+def _merged(earlier: GenerationOutput, later: GenerationOutput) -> GenerationOutput:
+    """Two consecutive deltas of one request as one."""
+    logprobs = None if later.logprobs is None else [*(earlier.logprobs or []), *later.logprobs]
+    return GenerationOutput(
+        token_ids=earlier.token_ids + later.token_ids,
+        text=earlier.text + later.text,
+        finish_reason=later.finish_reason,
+        prompt_tokens=later.prompt_tokens,
+        completion_tokens=later.completion_tokens,
+        logprobs=logprobs,
+    )
 
 
 def _structured(fmt: JsonFormat | None, params_class: Any) -> Any:

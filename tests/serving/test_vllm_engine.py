@@ -190,6 +190,17 @@ def test_json_mode_gives_json_of_the_schema(engine, loop, prompts):
     assert text.startswith("{")
 
 
+def test_a_request_that_does_not_stream_gets_its_first_token_then_the_rest_at_once(engine, loop, prompts):
+    params = SamplingParams(max_tokens=30, temperature=0, ignore_eos=True, logprobs=1)
+    streamed = loop.run(collect(engine, request(prompts[3], params)))
+    whole = loop.run(collect(engine, GenerationRequest("vllm-whole-1", prompts[3], params, stream=False)))
+    assert whole[:2] == streamed[:2] and len(streamed[2]) > 2  # the same tokens and text, in two outputs
+    first, last = whole[2]
+    assert len(first.token_ids) == 1 and first.finish_reason is None
+    assert last.finish_reason == "length" and last.completion_tokens == 30
+    assert [lp.token_id for out in whole[2] for lp in out.logprobs] == whole[0]
+
+
 def test_adapters_change_the_output(engine, loop, prompts):
     outputs = {a: loop.run(collect(engine, request(prompts[2], adapter=a)))[0] for a in (None, "ada", "bob")}
     assert len({tuple(ids) for ids in outputs.values()}) == 3
