@@ -45,15 +45,15 @@ class JsonConstraint:
         self._bitmask = xgrammar.allocate_token_bitmask(1, vocab_size)
 
     def mask_(self, row: torch.Tensor) -> None:
-        """Set the logits of every token that cannot come next to -inf, in place; ValueError if none can
-        (a schema nothing satisfies, such as `{"enum": []}` in a property)."""
+        """Set the logits of every token that cannot come next to -inf, in place; ValueError if none can (a
+        guard: xgrammar refuses the unsatisfiable schemas tried here, such as an empty enum, when compiling)."""
         self._matcher.fill_next_token_bitmask(self._bitmask)
         xgrammar.apply_token_bitmask_inplace(row[None], self._bitmask)
         if torch.isneginf(row).all():
             raise ValueError("response_format.json_schema.schema allows no output here: nothing satisfies it")
 
     def accept(self, token: int) -> None:
-        if not self._matcher.accept_token(token):  # cannot happen for a token sampled from mask()
+        if not self._matcher.accept_token(token):  # cannot happen for a token sampled after mask_()
             raise RuntimeError(f"the JSON grammar refused token {token}")
 
     @property
