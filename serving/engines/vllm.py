@@ -45,7 +45,6 @@ from serving.engine import (
     FinishReason,
     GenerationOutput,
     GenerationRequest,
-    JsonFormat,
     TokenLogprob,
 )
 
@@ -171,7 +170,8 @@ class VLLMEngine:
             self._adapters.move_to_end(adapter)
         prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids))
         stream = self._llm.generate(prompt, sampling, request.request_id, lora_request=lora)
-        produced, finished, held = 0, False, None
+        produced, finished = 0, False
+        held: list[GenerationOutput] = []  # a JSON answer's deltas after its first, sent as one at the end
         if adapter is not None:
             self._in_use[adapter] += 1
         self._running.add(request.request_id)
@@ -196,10 +196,10 @@ class VLLMEngine:
                 )
                 first = produced == len(delta.token_ids)
                 if request.stream or first or finished:
-                    yield delta if held is None else _merged(held, delta)
-                    held = None
-                else:  # a JSON answer: after its first token, everything else goes out in the last output
-                    held = delta if held is None else _merged(held, delta)
+                    yield _merged([*held, delta]) if held else delta
+                    held = []
+                else:
+                    held.append(delta)
         finally:
             self._running.discard(request.request_id)
             if not finished:  # the consumer stopped early (closed, cancelled, disconnected)
@@ -216,6 +216,9 @@ class VLLMEngine:
             raise ValueError(f"the prompt has {n_prompt} tokens; this model takes 1 to {self.context_length - 1}")
         if params.max_tokens < 1 or params.temperature < 0 or not 0 < params.top_p <= 1:
             raise ValueError("max_tokens must be >= 1, temperature >= 0 and top_p in (0, 1]")
+        # JSON mode: vLLM's structured outputs on its xgrammar backend, the same masks as the hf engine's.
+        fmt = params.json_format
+        structured = None if fmt is None else StructuredOutputsParams(json=fmt.schema)
         return SamplingParams(
             max_tokens=min(params.max_tokens, self.context_length - n_prompt),
             temperature=params.temperature,
@@ -226,7 +229,7 @@ class VLLMEngine:
             frequency_penalty=params.frequency_penalty,
             ignore_eos=params.ignore_eos,
             logprobs=params.logprobs,
-            structured_outputs=_structured(params.json_format, StructuredOutputsParams),
+            structured_outputs=structured,
             output_kind=RequestOutputKind.DELTA,
         )
 
@@ -324,24 +327,17 @@ def _reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def _merged(earlier: GenerationOutput, later: GenerationOutput) -> GenerationOutput:
-    """Two consecutive deltas of one request as one."""
-    logprobs = None if later.logprobs is None else [*(earlier.logprobs or []), *later.logprobs]
+def _merged(deltas: list[GenerationOutput]) -> GenerationOutput:
+    """Consecutive deltas of one request as one (joined once, not pairwise as they come)."""
+    last = deltas[-1]
     return GenerationOutput(
-        token_ids=earlier.token_ids + later.token_ids,
-        text=earlier.text + later.text,
-        finish_reason=later.finish_reason,
-        prompt_tokens=later.prompt_tokens,
-        completion_tokens=later.completion_tokens,
-        logprobs=logprobs,
+        token_ids=[t for d in deltas for t in d.token_ids],
+        text="".join(d.text for d in deltas),
+        finish_reason=last.finish_reason,
+        prompt_tokens=last.prompt_tokens,
+        completion_tokens=last.completion_tokens,
+        logprobs=None if last.logprobs is None else [lp for d in deltas for lp in d.logprobs or []],
     )
-
-
-def _structured(fmt: JsonFormat | None, params_class: Any) -> Any:
-    """JSON mode as vLLM's structured outputs (its xgrammar backend: the same masks as the hf engine's)."""
-    if fmt is None:
-        return None
-    return params_class(json=fmt.schema)
 
 
 def _logprobs(completion: Any, top: int | None) -> list[TokenLogprob] | None:
@@ -350,6 +346,6 @@ def _logprobs(completion: Any, top: int | None) -> list[TokenLogprob] | None:
         return None
     out = []
     for token, candidates in zip(completion.token_ids, completion.logprobs or [], strict=True):
-        ranked = sorted((c.rank, tid, c.logprob) for tid, c in candidates.items() if (c.rank or top + 1) <= top)
+        ranked = sorted((c.rank, tid, c.logprob) for tid, c in candidates.items() if c.rank and c.rank <= top)
         out.append(TokenLogprob(token, candidates[token].logprob, tuple((tid, lp) for _, tid, lp in ranked)))
     return out
