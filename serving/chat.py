@@ -199,11 +199,11 @@ def _logprob_entries(runtime: ServingRuntime, logprobs: list[TokenLogprob] | Non
         text, raw = pieces(token_id)
         return TopLogprob(token=text, logprob=logprob, bytes=raw)
 
-    return [
-        TokenLogprobEntry(**top(lp.token_id, lp.logprob).model_dump(), top_logprobs=[top(*t) for t in lp.top])
-        for lp in logprobs or []
-        if not pieces.is_special(lp.token_id)
-    ]
+    def entry(lp: TokenLogprob) -> TokenLogprobEntry:
+        text, raw = pieces(lp.token_id)
+        return TokenLogprobEntry(token=text, logprob=lp.logprob, bytes=raw, top_logprobs=[top(*t) for t in lp.top])
+
+    return [entry(lp) for lp in logprobs or [] if not pieces.is_special(lp.token_id)]
 
 
 async def _run_choice(
