@@ -1,4 +1,4 @@
-"""The CLI contract (DESIGN.md), through the installed `ratchet` console script, as scripts use it.
+"""The CLI contract (docs/cli.md), through the installed `ratchet` console script, as scripts use it.
 
 The workspace points RATCHET_BASE_MODEL at a shared, already built demo model, so `init` does the store
 and the files without spending two minutes on a build; the build itself is tested in tests/retrain.
@@ -210,3 +210,21 @@ def test_demo_summary_line_has_the_contract_format():
     assert re.fullmatch(
         r"preference: \d+% -> \d+% after \d+ ratings, quality \d+% -> \d+%, \d+ promotions, \d+m\d+s", line
     )
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo", "kto"])
+def test_train_flags_are_generated_from_the_hyperparameter_models(method):
+    from retrain.hyperparams import HYPERPARAMETERS
+
+    shown = run("train", method, "--help")
+    assert shown.returncode == 0, shown.stderr
+    for name, field in HYPERPARAMETERS[method].model_fields.items():
+        assert "--" + name.replace("_", "-") in shown.stdout, f"train {method} lacks a flag for {name}"
+    assert ("--beta" in shown.stdout) == (method != "sft")
+
+
+def test_a_bad_training_flag_is_one_line_naming_the_field(workspace):
+    home, env = workspace
+    bad = run("train", "sft", "--home", str(home), "--lora-r", "0", env=env)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("ratchet: lora_r:") and bad.stderr.count("\n") == 1, bad.stderr
