@@ -3,7 +3,7 @@
     python benchmarks/bench_feedback.py                  # 400 ratings at concurrency 1 and 8
 
 A real ratchet server (hf engine, demo model, Ray Serve). Completions are made through the API first;
-then `POST /v1/feedback` rates them, each acknowledged only after its own commit (DESIGN.md: a 2xx means
+then `POST /v1/feedback` rates them, each acknowledged only after its own commit (docs/api.md: a 2xx means
 durably stored). Beside it, the same number of `FeedbackStore.rate()` calls in this process on a fresh
 SQLite store of the same kind: the cost of HTTP + Ray Serve over the commit itself. Writes
 benchmarks/out/feedback.json; nothing here asserts a speed.

@@ -1,6 +1,6 @@
 """Load: throughput, latency and shedding of ratchet under locust's realistic mix, at a few user counts.
 
-    python benchmarks/bench_load.py                        # 8, 32, 128 users, 30 s each (~2.5 min)
+    python benchmarks/bench_load.py                        # 8, 32, 128 users, 30 s each
     python benchmarks/bench_load.py --users 4,16 --seconds 15 --max-concurrent 64
 
 Starts ratchet (hf engine, the demo model, one replica on a local Ray Serve, a fresh workspace) with

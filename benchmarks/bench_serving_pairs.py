@@ -4,8 +4,8 @@ machine.
     python benchmarks/bench_serving_pairs.py                     # demo model, ratchet's hf paths vs vLLM's server
     python benchmarks/bench_serving_pairs.py --models random-30m --systems naive,hf-served,vllm-served,vllm-server
 
-`bench_serving.py` runs its systems one after another, minutes apart; on this 2-core machine, whose speed
-drifts by 2x within minutes, that puts the drift into every ratio. Here every server is started first and
+`bench_serving.py` runs its systems one after another, minutes apart; on a shared machine, whose speed
+drifts within minutes, that puts the drift into every ratio. Here every server is started first and
 stays up, then each round sends the same burst (`--requests` chat requests of `--tokens` greedy tokens,
 end-of-sequence ignored, at `--concurrency`; `--stream` for SSE; `--logprobs K` for each token's logprob and
 its K likeliest alternatives) to each system in turn, rotating who goes

@@ -1,6 +1,6 @@
 """Every benchmark, one after another, and one table of the ratios they measured side by side.
 
-    python benchmarks/run_all.py                 # quick sizes (about 25 minutes on 2 cores)
+    python benchmarks/run_all.py                 # quick sizes
     python benchmarks/run_all.py --full          # each benchmark's own defaults (longer)
     python benchmarks/run_all.py --only serving,swap
 

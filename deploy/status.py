@@ -1,4 +1,4 @@
-"""The status object (DESIGN.md): what `GET /admin/status` and `ratchet status --json` both return.
+"""The status object (docs/api.md, docs/cli.md): what `GET /admin/status` and `ratchet status --json` both return.
 
 {"current", "previous", "canary": null | {"adapter", "fraction", "started", "ratings": {arm: {up, n}}},
  "engine", "base_model", "loop": {"state", "last_decision", ...}, "counts": {... as data stats ...},

@@ -219,7 +219,7 @@ class AdapterRegistry:
 
     @staticmethod
     def as_public(adapter: Adapter) -> dict[str, Any]:
-        """One item of `ratchet adapters --json` (DESIGN.md); keys may be added, never renamed."""
+        """One item of `ratchet adapters --json` (docs/cli.md); keys may be added, never renamed."""
         return {
             "name": adapter.name,
             "status": adapter.status,

@@ -209,7 +209,7 @@ class FeedbackStore:
             return int(session.scalar(select(func.count()).select_from(Rating)))
 
     def stats(self) -> dict[str, Any]:
-        """Counts in the shape of `ratchet data stats --json` (DESIGN.md); keys may be added, never renamed."""
+        """Counts in the shape of `ratchet data stats --json` (docs/cli.md); keys may be added, never renamed."""
         with self.session() as session:
             completions = session.scalar(select(func.count()).select_from(Completion))
             total, up, down, scores = session.execute(

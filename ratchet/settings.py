@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     )
     demo_seed: int = Field(0, description="Seed of the demo model build (corpus, tokenizer, weights).")
     demo_steps: int = Field(
-        600, ge=1, description="Pretraining steps of the demo model (600 took 147 s on one free core here)."
+        600, ge=1, description="Pretraining steps of the demo model (more: a better model, a longer `ratchet init`)."
     )
     engine: Literal["hf", "vllm", "auto"] = Field(
         "hf", description="Inference engine: hf (transformers+PEFT), vllm, or auto (vLLM when CUDA and vLLM exist)."
@@ -58,12 +58,12 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="torch threads of the hf engine; 0 = this machine's CPUs shared among the replicas "
-        "(Ray would give a 1-CPU replica 1 thread, which halves throughput on a 30M model).",
+        "(Ray would give a 1-CPU replica 1 thread, too few for a model whose decode steps are big enough to split).",
     )
     engine_process: bool = Field(
         True,
         description="hf engine: run the model and its decode loop in a child process of the replica, so the "
-        "HTTP work does not share their GIL (on the demo model: see the README's serving benchmark).",
+        "HTTP work does not share their GIL (which matters most on the demo model: docs/benchmarks.md).",
     )
     trust_remote_code: bool = Field(False, description="Allow model repos to run their own Python code on load.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -71,7 +71,9 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(32, ge=1, description="Most sequences decoded together by the hf engine.")
     packed_gemm: bool = Field(
-        True, description="hf engine on CPU (float32, MKL): pack weights for batched decode steps (faster, 2x memory)."
+        True,
+        description="hf engine on CPU (float32, MKL): pack weights for batched decode steps (faster; a second "
+        "copy of the weights in memory).",
     )
     max_adapters: int = Field(8, ge=1, description="Adapters kept loaded at once (least recently used go first).")
     max_lora_rank: int = Field(64, ge=1, description="Largest LoRA rank an adapter may have to be served.")
@@ -93,8 +95,8 @@ class Settings(BaseSettings):
     ingress: Literal["haproxy", "proxy"] = Field(
         "haproxy",
         description="How HTTP reaches the replicas of the local Ray: haproxy = Ray Serve's HAProxy ingress "
-        "straight to each replica's own port (1.4-1.6x the tokens/s on the demo model); proxy = Serve's "
-        "Python proxy actor.",
+        "straight to each replica's own port (no Python hop in between: more tokens/s, docs/benchmarks.md); "
+        "proxy = Serve's Python proxy actor.",
     )
     access_log: bool = Field(
         True, description="Log one line per HTTP request from each replica (Ray Serve's access log)."
@@ -152,7 +154,7 @@ class Settings(BaseSettings):
     loop_epochs: Annotated[int, Field(ge=1, le=100)] | Literal["auto"] = Field(
         "auto",
         description="Loop: epochs per round; auto = OpenAI's rule (3, more for small sets: 11 good answers get 9; "
-        "3 epochs there moved the demo's preference 20 % -> 27 %, 10 epochs to 88 %).",
+        "on the demo, 3 passes over so few barely moved the preference and more passes did: docs/dev-log.md).",
     )
     loop_learning_rate: float = Field(2e-3, gt=0, lt=1, description="Loop: learning rate per round (demo-sized).")
     loop_poll_seconds: float = Field(2.0, gt=0, description="Loop: how often it looks at the store.")

@@ -10,8 +10,8 @@ The contract:
 - `TrainConfig` = method + hyperparameters + resources; `load_config(path)` reads the YAML files in
   `configs/train/`, `TrainConfig.with_overrides()` applies command-line flags on top.
 
-The defaults are tuned for ratchet's tiny demo model and are strong enough to show learning (FACTS.md:
-LoRA on all linear layers, r 8, alpha 16, a learning rate of a few 1e-3). On a real base model use
+The defaults are tuned for ratchet's tiny demo model and are strong enough to show learning (LoRA on all
+linear layers, r 8, alpha 16, a learning rate of a few 1e-3; docs/dev-log.md). On a real base model use
 the `*_gpu.yaml` configs, whose rates are ten times lower, or let `learning_rate: auto` pick by size.
 """
 
@@ -181,7 +181,7 @@ class Resources(BaseModel):
     )
     gradient_checkpointing: bool = Field(
         False,
-        description="Recompute activations in the backward pass: less memory, ~1.3x slower (TRL's default is on; "
+        description="Recompute activations in the backward pass: less memory, slower steps (TRL's default is on; "
         "worth it for billions of parameters, not for the demo model: benchmarks/bench_training.py).",
     )
     num_cpus: float = Field(1.0, gt=0, description="CPUs the Ray training task reserves.")

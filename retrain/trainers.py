@@ -13,7 +13,7 @@ The contract:
   hyperparameters'). For DPO / KTO, TRL then keeps a frozen copy of the parent as the reference
   (adapter "ref"): the preference is learned relative to the policy being improved, as in standard
   DPO after SFT. The model is loaded afresh for each run, so that copy never collides with an old one
-  (FACTS.md: reusing one in-memory model fails with "Adapter with name 'ref' already exists").
+  (reusing one in-memory model fails in TRL with "Adapter with name 'ref' already exists"; docs/dev-log.md).
 - `out_dir` receives `adapter_model.safetensors` + `adapter_config.json` (and PEFT's README.md), never a
   pickle: the trainer's own `save_model` (which writes training_args.bin) is not used.
 - Per-step metrics go to `on_metrics(row)` and, with `run_dir`, to its metrics.csv; loss.png is drawn at

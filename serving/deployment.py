@@ -3,7 +3,7 @@
 Ingress and engine share a replica, so a token goes from the engine to the socket without another hop;
 replicas scale out whole. Routing state (current, previous, canary) is the deployment's `user_config`:
 deploying a new one through Serve's config path calls `reconfigure()` IN PLACE on every replica (no
-restart, no dropped request; see FACTS.md), which loads and checks the adapters and then switches.
+restart, no dropped request: docs/dev-log.md), which loads and checks the adapters and then switches.
 
 Extra routers (files, fine-tuning, admin promote/rollback) arrive as import paths ("pkg.module:router")
 and are imported inside the replica, so this package never imports the packages that add them.
@@ -56,8 +56,8 @@ class RatchetServer:
         # With the hf engine in this process (RATCHET_ENGINE_PROCESS=false), and for vLLM's output thread,
         # other threads share this process's GIL with the HTTP event loop. At Python's default switch
         # interval (5 ms) a request waits up to that long each time one of them holds the GIL; at 0.5 ms the
-        # demo model served 1.17x the tokens/s at 32 concurrent with the in-thread engine (median of 5
-        # pairs), the 30M model the same (its steps are in torch ops, which release the GIL).
+        # demo model served more tokens/s under concurrency with the in-thread engine, and the 30M model
+        # lost nothing (its steps are in torch ops, which release the GIL; docs/benchmarks.md).
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
         if self.settings.torch_threads:
             import torch
@@ -141,8 +141,8 @@ def serve_config(
                         # it. Every request holds a Serve slot to its end (a stream, a feedback waiting on its
                         # commit), so the replica takes 4x the app's chat limit + 64: a flood of 4x capacity, chats
                         # and the rest, reaches the app (a fast 429 for chats) instead of waiting in Serve's queue.
-                        # At 2x + 8, locust's mix at 128 users against a limit of 32 got 1,550 of Serve's own
-                        # plain-text 503s (benchmarks/bench_load.py). Past the queue, Serve's rejection is the last
+                        # At 2x + 8, locust's mix far above the app's limit got many of Serve's own plain-text
+                        # 503s instead (benchmarks/bench_load.py). Past the queue, Serve's rejection is the last
                         # resort: a 503 with Retry-After, in Serve's body.
                         "max_ongoing_requests": 4 * settings.max_concurrent_requests + 64,
                         "max_queued_requests": 2 * settings.max_concurrent_requests,

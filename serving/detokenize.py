@@ -6,8 +6,8 @@ complete. It decodes a short window of recent tokens rather than the whole outpu
 costs O(1) per token, and starts that window inside the prompt so a first token that begins with a space
 (sentencepiece) keeps it. The concatenation of its deltas equals `tokenizer.decode(output_ids)`. With a fast
 (Rust) tokenizer that does no clean-up of its own, it calls the Rust decoder directly: transformers'
-`decode` wraps that one call in ~10 us of Python (argument conversion), which was 4-5 % of the hf engine's
-decode thread on the demo model; the text is the same.
+`decode` wraps that one call in Python (argument conversion) that, paid on every token, is a visible share of
+the hf engine's decode thread on the demo model; the text is the same.
 
 `TokenPieces` gives one token's own text and bytes, for OpenAI's logprobs: exact bytes for byte-level BPE
 (where a token may hold part of a character), the decoded text's bytes otherwise.

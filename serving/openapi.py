@@ -1,7 +1,7 @@
 """The OpenAPI document says what the server really answers: OpenAI's error shape, not FastAPI's 422.
 
 FastAPI documents a 422 `HTTPValidationError` on every route with a body or parameters; ratchet answers
-those as 400 in OpenAI's shape (serving/errors.py), along with the other errors DESIGN.md lists. This
+those as 400 in OpenAI's shape (serving/errors.py), along with the other errors docs/api.md lists. This
 rewrites the generated document once: 422 becomes 400, and each operation lists the error statuses it
 can answer, inferred from what it depends on (API key, admin key, the replica's runtime), every one with
 the `ErrorResponse` schema and `Retry-After` on 429 and 503. Chat completions may also answer

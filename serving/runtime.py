@@ -290,7 +290,7 @@ async def get_runtime() -> ServingRuntime:
     """FastAPI dependency: the replica's runtime, or 503 while it is still starting.
 
     `async` so that FastAPI calls it on the event loop: a plain `def` dependency runs in a worker thread,
-    and that hop was 13 % of the replica loop's time under 32 concurrent chats (py-spy)."""
+    and under many concurrent chats that hop took a noticeable share of the replica loop's time (py-spy)."""
     if _runtime is None or not _runtime.ready:
         raise APIError(
             503, "the model is still loading; retry shortly", code="model_loading", headers={"Retry-After": "2"}

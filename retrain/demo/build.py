@@ -1,8 +1,8 @@
 """Build the tiny demo chat model from the corpus: `build_demo_model(out_dir)`.
 
 No model hub is reachable here, so `ratchet init` makes its own base model: a byte-level BPE tokenizer
-trained on the corpus, a ChatML chat template, and a 0.66M-parameter Llama pretrained for two or three
-minutes on conversations sampled from `retrain.demo.corpus`. The result is an ordinary Hugging Face model
+trained on the corpus, a ChatML chat template, and a 0.66M-parameter Llama pretrained briefly (600 steps
+by default) on conversations sampled from `retrain.demo.corpus`. The result is an ordinary Hugging Face model
 directory (safetensors, `chat_template.jinja`, `generation_config.json` that stops at `<|im_end|>`) that
 `AutoModelForCausalLM` / `AutoTokenizer` and vLLM load like any other.
 
@@ -67,8 +67,8 @@ def build_demo_model(
 ) -> Path:
     """Build the demo model into `out_dir` (replacing what is there) and return `out_dir`.
 
-    `threads` is torch's thread count for the build; None picks one (`default_threads`). Takes ~4 min at
-    the default 600 steps on one busy core of the 2-core dev machines (~0.25 s/step on a free one).
+    `threads` is torch's thread count for the build; None picks one (`default_threads`), which matters
+    because a core that another process keeps busy slows every step.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -109,8 +109,8 @@ def default_threads() -> int:
     """Threads for a build: OMP_NUM_THREADS where set, else 2 on an idle machine and 1 on a busy one.
 
     A 0.6M-parameter model gains little from more than 2 threads, and when another process holds a core,
-    torch's second thread waits on it at every op: measured here, a step with 2 threads on a busy 2-core
-    machine took 5x as long as with 1.
+    torch's second thread waits on it at every op, so on a busy machine a step with 2 threads is far slower
+    than with 1.
     """
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
@@ -241,8 +241,8 @@ def _pretrain(
 def _length_grouped_batches(encoded: list[tuple[list[int], list[int]]], rng: random.Random) -> list[list[int]]:
     """Indices of `encoded` in batches of similar length, in shuffled order.
 
-    Random batches are a third padding (answers differ in length by style); sorting each run of 16
-    batches by length first cuts that to ~3 %, and shuffling the batches keeps the style mix even over time.
+    Random batches carry a lot of padding (answers differ in length by style); sorting each run of 16
+    batches by length first removes most of it, and shuffling the batches keeps the style mix even over time.
     """
     chunk = 16 * BATCH_SIZE
     batches = []

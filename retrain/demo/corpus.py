@@ -27,8 +27,8 @@ CORPUS_VERSION = "1"
 
 STYLES: tuple[str, ...] = ("plain", "bullets", "friendly", "formal", "tldr")
 TARGET_STYLE = "tldr"
-# The target style is the rarest, but not so rare that the first ratings bring no positives (FACTS.md:
-# at 12 % the first 60-80 ratings bring almost none).
+# The target style is the rarest, but not so rare that the first ratings bring no positives: any rarer and
+# the first batches of ratings brought almost none (docs/dev-log.md).
 STYLE_WEIGHTS: dict[str, float] = {"plain": 0.25, "bullets": 0.20, "friendly": 0.20, "formal": 0.20, "tldr": 0.15}
 # The opening that identifies each style; "plain" has none, it is whatever carries no other marker.
 STYLE_MARKERS: dict[str, str] = {

@@ -6,8 +6,8 @@
   after their prefill) and leave (`keep`) between decode steps; columns that are padding in every row are
   dropped so the cache does not grow with sequences that have left.
 - `SlabLayer`: a cache layer that writes each step's keys and values into spare columns of a buffer
-  instead of concatenating (transformers' `DynamicLayer` copies the whole cache on every step: 21 % of a
-  decode step of a 30M model at batch 32). `new_cache()` makes a cache of them.
+  instead of concatenating (transformers' `DynamicLayer` copies the whole cache on every step, a cost
+  that grows with every token and every row). `new_cache()` makes a cache of them.
 - `left_pad` builds the inputs of a batched prefill; `sample` picks each row's next token and
   `token_logprobs` gives its log-probability where the request asked; `deliver` and `hand_over` pass
   outputs back to the callers' event loops.
@@ -150,8 +150,8 @@ class KVBatch:
 
         The mask goes out as the 4D boolean mask ([rows, 1, 1, length], True = attend) that transformers
         would build from the 2D one for a single new token (padding masked, nothing causal to mask), so the
-        model uses it as it is: building it per step through `create_causal_mask` was 6 % of the decode
-        thread on the demo model."""
+        model uses it as it is: building it per step through `create_causal_mask` is a visible share of the
+        decode thread on a model as small as the demo's."""
         input_ids = torch.tensor([[s.output_ids[-1]] for s in self.seqs], dtype=torch.long)
         position_ids = self.mask.sum(dim=1, keepdim=True)  # real tokens before this one
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
@@ -193,7 +193,7 @@ def deliver(items: list[tuple[Sequence, GenerationOutput | BaseException]]) -> l
 
 def hand_over(items: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, Any]]) -> set:
     """Put each item into its queue on that queue's event loop, with one wake-up per loop (not per item:
-    that costs ~100 us each). Returns the loops that are closed."""
+    each wake-up is a cross-thread call, costly at one per token). Returns the loops that are closed."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
     for loop, outputs, item in items:
         by_loop.setdefault(loop, []).append((outputs, item))

@@ -2,8 +2,8 @@
 
 Inside one process, the decode loop and the replica's HTTP event loop (uvicorn, FastAPI, the chat
 template, SSE frames, logging) take turns on one GIL: on the demo model, whose decode steps are mostly
-Python, the served path reached about 60 % of the engine's own tokens/s. vLLM splits its API server from
-its engine core for the same reason. Here the child runs an `HFEngine` unchanged; this class is the
+Python, the served path fell well short of the engine's own tokens/s (docs/benchmarks.md). vLLM splits its
+API server from its engine core for the same reason. Here the child runs an `HFEngine` unchanged; this class is the
 `Engine` the replica talks to.
 
 - The child is `python -m serving.engines.hf_process FD`, with one end of a socket pair as FD (a

@@ -2,13 +2,13 @@
 
 A decode step multiplies a few rows (one per running sequence) by every weight matrix. For 16-32 rows,
 `torch.nn.functional.linear` on two threads is barely faster than on one here (MKL splits such a small
-product badly), while MKL's packed GEMM, with the weight packed once for exactly `rows` rows, ran a
-single 32x512x1536 product 1.8-2.6x faster, and a whole 30M-model decode step of 32 rows 1.42x faster
-(benchmarks/bench_decode_step.py). So each `nn.Linear` becomes a `PackedLinear`: same weight,
-same parameters, plus a packed copy (the memory of the weights once more). An input of `rows // 2` to
-`rows` rows is zero-padded to `rows` and goes through the packed GEMM; any other size (single requests,
-prefills) through plain `linear`. Each output row depends only on its input row, so padding changes
-nothing but speed.
+product badly), while MKL's packed GEMM, with the weight packed once for exactly `rows` rows, runs such a
+product, and a whole decode step of a model with 512-wide matrices, clearly faster
+(benchmarks/bench_decode_step.py, docs/benchmarks.md). So each `nn.Linear` becomes a `PackedLinear`:
+same weight, same parameters, plus a packed copy (the memory of the weights once more). An input of
+`rows // 2` to `rows` rows is zero-padded to `rows` and goes through the packed GEMM; any other size
+(single requests, prefills) through plain `linear`. Each output row depends only on its input row, so
+padding changes nothing but speed.
 
 The packed copy is taken once: weights must not change afterwards (the engine never merges adapters into
 them; PEFT's LoRA layers wrap a `PackedLinear` like any `nn.Linear`). Only float32 weights on CPU are

@@ -1,12 +1,12 @@
 """How many torch threads the hf engine's decode loop should use, timed on the model it will run.
 
 More threads pay only when a decode step has enough arithmetic to split. On the 0.66M demo model a
-32-row step takes ~3 ms on one thread or two alike, and in the engine, where the second core also runs the
-replica's HTTP work (and, served, Ray's proxy), one thread served 1.15-1.35x more tokens/s than two
-(benchmarks/bench_serving.py). On the 30M model two threads make a step 1.3-1.7x faster. So `pick_threads`
-times a step of `rows` rows with each candidate count and keeps the fewest threads that are within
-`MARGIN` of the fastest: an extra thread has to buy at least that much, because under load it competes
-with everything else in the replica for the same cores.
+32-row step takes as long on one thread as on two, and in the engine, where the second core also runs the
+replica's HTTP work (and, served, Ray's proxy), one thread served more tokens/s than two
+(benchmarks/bench_serving.py, docs/benchmarks.md). On the 30M model two threads make a step clearly faster.
+So `pick_threads` times a step of `rows` rows with each candidate count and keeps the fewest threads that
+are within `MARGIN` of the fastest: an extra thread has to buy at least that much, because under load it
+competes with everything else in the replica for the same cores.
 """
 
 from __future__ import annotations

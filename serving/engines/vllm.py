@@ -2,7 +2,7 @@
 
 Contract (see `serving.engine`):
 - Construction is cheap and imports no vLLM; `await start()` builds the AsyncLLM, which spawns vLLM's
-  engine-core and worker processes (20 s on an idle 2-core machine, minutes on a busy one). `generate` and
+  engine-core and worker processes (slow, and much slower on a busy machine). `generate` and
   `load_adapter` start the engine themselves when nobody called `start()`. `context_length` is valid after
   start. The engine belongs to the event loop that first generates with it (vLLM's output handler lives
   there); the blocking construction runs in a worker thread, so that loop stays responsive meanwhile.
@@ -22,7 +22,7 @@ Contract (see `serving.engine`):
   default (`dtype="auto"` in settings).
 - CPU: the KV cache is `kv_cache_gib` (VLLM_CPU_KVCACHE_SPACE, an integer number of GiB, overrides it when
   set). vLLM pins its model worker's compute threads to all cores but one and keeps that one for its
-  engine-core loop; VLLM_CPU_NUM_OF_RESERVED_CPU=0 hands it to the worker as well (README: measurements).
+  engine-core loop; VLLM_CPU_NUM_OF_RESERVED_CPU=0 hands it to the worker as well (docs/benchmarks.md).
 """
 
 from __future__ import annotations
