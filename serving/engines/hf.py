@@ -43,10 +43,10 @@ import os
 import queue
 import threading
 import warnings
-from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from contextlib import aclosing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +55,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ratchet.settings import Settings
 from serving.adapter_files import check_adapter_files, check_fits, module_shapes
-from serving.engine import (
-    AdapterBusyError,
-    AdapterLoadError,
-    AdapterNotLoadedError,
-    GenerationOutput,
-    GenerationRequest,
-)
+from serving.engine import AdapterLoadError, AdapterNotLoadedError, GenerationOutput, GenerationRequest
+from serving.engines.adapter_slots import AdapterSlots
 from serving.engines.grammar import Grammars
 from serving.engines.hf_batch import (
     KVBatch,
@@ -73,12 +68,28 @@ from serving.engines.hf_batch import (
     sample,
     token_logprobs,
 )
+from serving.engines.messages import Abort, AdapterOp, Load, Stop, Unload
 from serving.engines.packed_linear import pack_linears
 from serving.engines.threads import pick_threads
 
 logger = logging.getLogger(__name__)
 DTYPES = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_PREFILL_TOKENS = 8192  # padded prompt tokens per batched prefill, so a burst of long prompts is split
+
+
+# The decode loop's queue carries these, and Abort and Stop (messages.py).
+@dataclass(frozen=True)
+class Add:
+    seq: Sequence
+
+
+@dataclass(frozen=True)
+class Pending:
+    op: AdapterOp
+    future: Future  # resolved by the decode loop once the operation is done
+
+
+Command = Add | Abort | Pending | Stop
 
 
 class HFEngine:
@@ -100,7 +111,7 @@ class HFEngine:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         self.model_path, self.max_batch_size = str(model_path), max_batch_size
-        self.max_adapters, self.max_lora_rank = max_adapters, max_lora_rank
+        self.max_lora_rank = max_lora_rank
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=trust_remote_code)
         self._load_base = lambda: AutoModelForCausalLM.from_pretrained(
             self.model_path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
@@ -118,16 +129,15 @@ class HFEngine:
         self.eos_ids = _eos_ids(self.tokenizer, self._base.generation_config)
         self._grammars = Grammars(self.tokenizer, self._base.config.vocab_size)
         # State below belongs to the decode loop thread; `_listed` is its read-only snapshot for other threads.
-        self._adapters: OrderedDict[str, str] = OrderedDict()  # name -> path, least recently used first
-        self._in_use: Counter[str] = Counter()  # adapter -> sequences waiting or running with it
-        self._unloading: dict[str, list[Future]] = {}
+        self._slots: AdapterSlots[str] = AdapterSlots(max_adapters)  # name -> path; in use while waiting or running
+        self._unloading: dict[str, list[Future]] = {}  # adapter -> callers waiting for its unload
         self._listed: tuple[str, ...] = ()
         self._live: dict[str, Sequence] = {}  # request id -> every request not finished yet
         self._waiting: list[Sequence] = []
         self._batch: KVBatch | None = None
         self._outbox: list[tuple[Sequence, GenerationOutput | BaseException]] = []  # sent once per iteration
         self._deliver = deliver  # hands the outbox to the consumers; returns the sequences nobody listens to
-        self._commands: queue.Queue[tuple] = queue.Queue()
+        self._commands: queue.Queue[Command] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="hf-engine-decode", daemon=True)
         self._thread.start()
 
@@ -162,11 +172,11 @@ class HFEngine:
         self.cancel(request_id)
 
     async def load_adapter(self, name: str, path: str) -> None:
-        await asyncio.wrap_future(self.command("load", name, path))
+        await asyncio.wrap_future(self.call(Load(name, str(path))))
 
     async def unload_adapter(self, name: str) -> None:
         """Returns once the adapter is deleted; requests already running with it finish first."""
-        await asyncio.wrap_future(self.command("unload", name))
+        await asyncio.wrap_future(self.call(Unload(name)))
 
     def adapters(self) -> list[str]:
         return list(self._listed)
@@ -177,7 +187,7 @@ class HFEngine:
         return len(self._live)
 
     async def shutdown(self) -> None:
-        self._commands.put(("stop",))
+        self._commands.put(Stop())
         await asyncio.to_thread(self._thread.join)
 
     # ---- the same without an event loop (any thread): what `hf_process` drives the engine with ----------
@@ -188,22 +198,23 @@ class HFEngine:
         fmt = request.params.json_format
         constraint = None if fmt is None else self._grammars.constraint(fmt)
         seq = Sequence.start(request, self.tokenizer, self.context_length, loop, outputs, constraint)
-        self._commands.put(("add", seq))
+        self._commands.put(Add(seq))
 
     def cancel(self, request_id: str) -> None:
-        self._commands.put(("abort", request_id))
+        self._commands.put(Abort(request_id))
 
-    def command(self, kind: str, name: str, path: str = "") -> Future:
-        """Load (checked here first) or unload an adapter; the future resolves once the decode loop did it."""
+    def call(self, op: AdapterOp) -> Future:
+        """Load (its files checked here first) or unload an adapter; the future resolves once the decode loop
+        did it."""
         future: Future = Future()
-        try:
-            if kind == "load":
-                config = check_adapter_files(name, Path(path), self.max_lora_rank)
-                check_fits(name, Path(path), config, self._module_shapes, self.model_path)
-        except Exception as error:
-            future.set_exception(error)
-            return future
-        self._commands.put((kind, name, str(path), future) if kind == "load" else (kind, name, future))
+        if isinstance(op, Load):
+            try:
+                config = check_adapter_files(op.name, Path(op.path), self.max_lora_rank)
+                check_fits(op.name, Path(op.path), config, self._module_shapes, self.model_path)
+            except Exception as error:
+                future.set_exception(error)
+                return future
+        self._commands.put(Pending(op, future))
         return future
 
     # ---- the decode loop (its own thread: the only code that touches the model) -----------------------
@@ -217,26 +228,25 @@ class HFEngine:
                 except Exception as error:  # a failed step fails its requests, not the engine
                     logger.exception("hf engine step failed")
                     for seq in list(self._live.values()):
-                        self._end(seq, "abort")
-                        self._outbox.append((seq, error))
+                        self._fail(seq, error)
                     self._waiting, self._batch = [], None
                 self._finish_unloads()
                 self._flush_outbox()
         self._close()
 
     def _close(self) -> None:
-        """After "stop": end every stream and answer every caller still waiting."""
+        """After Stop: end every stream and answer every caller still waiting."""
         gone = RuntimeError("the engine shut down")
         for seq in list(self._live.values()):
             self._finish(seq, "abort")
         for future in [f for futures in self._unloading.values() for f in futures]:
             future.set_exception(gone)
         while not self._commands.empty():
-            kind, *args = self._commands.get()
-            if kind == "add":
-                self._refuse(args[0], gone)
-            elif kind in ("load", "unload") and args[-1].set_running_or_notify_cancel():
-                args[-1].set_exception(gone)
+            match self._commands.get():
+                case Add(seq):
+                    self._fail(seq, gone)
+                case Pending(future=future) if future.set_running_or_notify_cancel():
+                    future.set_exception(gone)
         self._flush_outbox()
 
     def _step(self) -> None:
@@ -270,7 +280,7 @@ class HFEngine:
                 break
             admitted.append(seq)
             if seq.request.adapter:
-                self._adapters.move_to_end(seq.request.adapter)
+                self._slots.touch(seq.request.adapter)
         self._waiting = self._waiting[len(admitted) :]
         return admitted
 
@@ -316,9 +326,7 @@ class HFEngine:
         except Exception as error:
             if not isinstance(error, ValueError):  # a ValueError is the request's own fault: no stack needed
                 logger.exception("request %s failed", seq.request.request_id)
-            if seq.finish_reason is None:
-                self._end(seq, "abort")
-            self._outbox.append((seq, error))
+            self._fail(seq, error)
 
     def _append(self, seq: Sequence, token: int, logprob: Any) -> None:
         seq.output_ids.append(token)
@@ -365,16 +373,26 @@ class HFEngine:
                 self._end(seq, "abort")
         self._outbox = []
 
+    # A request ends in one of two ways, both through _end's bookkeeping: `_finish` (its last output, with
+    # what it held back and its finish reason) or `_fail` (its stream raises the error).
+
     def _finish(self, seq: Sequence, reason: str) -> None:
         if seq.finish_reason is None:
             self._emit(seq, [], "", reason)
 
+    def _fail(self, seq: Sequence, error: BaseException) -> None:
+        if seq.finish_reason is None:
+            self._end(seq, "abort")
+        self._outbox.append((seq, error))
+
     def _end(self, seq: Sequence, reason: str) -> None:
         """Bookkeeping of a finished request; its row leaves the batch at the end of the step."""
         seq.finish_reason = reason
+        if self._live.get(seq.request.request_id) is not seq:
+            return  # refused before it started: it holds nothing
         del self._live[seq.request.request_id]
         if seq.request.adapter:
-            self._in_use[seq.request.adapter] -= 1
+            self._slots.release(seq.request.adapter)
         if seq in self._waiting:
             self._waiting.remove(seq)
 
@@ -388,61 +406,42 @@ class HFEngine:
             except queue.Empty:
                 return True
             block = False
-            kind, *args = command
-            if kind == "stop":
-                return False
-            if kind == "add":
-                self._add(*args)
-            elif kind == "abort":
-                self._abort(*args)
-            else:  # load / unload: the last argument is the caller's future
-                *args, future = args
-                if not future.set_running_or_notify_cancel():
-                    continue  # the caller gave up waiting before we got to it
-                try:
-                    if kind == "load":
-                        future.set_result(self._load(*args))
-                    else:
-                        self._unload(*args, future)  # resolved by _finish_unloads once idle
-                except Exception as error:
-                    future.set_exception(error)
+            match command:
+                case Stop():
+                    return False
+                case Add(seq):
+                    self._add(seq)
+                case Abort(request_id) if request_id in self._live:
+                    self._finish(self._live[request_id], "abort")
+                case Pending(op, future) if future.set_running_or_notify_cancel():  # else its caller gave up
+                    try:
+                        if isinstance(op, Load):
+                            future.set_result(self._load(op.name, op.path))
+                        else:
+                            self._unload(op.name, future)  # resolved by _finish_unloads once idle
+                    except Exception as error:
+                        future.set_exception(error)
 
     def _add(self, seq: Sequence) -> None:
         adapter, request_id = seq.request.adapter, seq.request.request_id
         if request_id in self._live:
-            return self._refuse(seq, ValueError(f"request id {request_id!r} is already running"))
-        if adapter is not None and (adapter not in self._adapters or adapter in self._unloading):
-            return self._refuse(seq, AdapterNotLoadedError(f"adapter {adapter!r} is not loaded; load it first"))
-        if adapter is not None:
-            self._in_use[adapter] += 1
+            return self._fail(seq, ValueError(f"request id {request_id!r} is already running"))
+        try:
+            if adapter is not None:
+                self._slots.acquire(adapter)
+        except AdapterNotLoadedError as error:
+            return self._fail(seq, error)
         self._live[request_id] = seq
         self._waiting.append(seq)
-
-    def _refuse(self, seq: Sequence, error: Exception) -> None:
-        seq.finish_reason = "abort"  # it never started: nothing to free
-        self._outbox.append((seq, error))
-
-    def _abort(self, request_id: str) -> None:
-        if request_id in self._live:
-            self._finish(self._live[request_id], "abort")
 
     # ---- adapters (decode loop thread) ------------------------------------------------------------------
 
     def _load(self, name: str, path: str) -> None:
-        if name in self._unloading:
-            raise AdapterBusyError(f"adapter {name!r} is being unloaded; wait for that, or use a new name")
-        if name in self._adapters:
-            if self._adapters[name] == path:
-                return self._adapters.move_to_end(name)
-            if self._in_use[name]:
-                raise AdapterBusyError(f"adapter {name!r} is in use by running requests; load it under a new name")
-            self._delete(name)
-        while len(self._adapters) >= self.max_adapters:
-            idle = next((n for n in self._adapters if not self._in_use[n]), None)
-            if idle is None:
-                raise AdapterBusyError(f"all {self.max_adapters} adapter slots are in use; raise max_adapters")
-            logger.info("evicting adapter %s (least recently used)", idle)
-            self._delete(idle)
+        victims = self._slots.make_room(name, lambda loaded: loaded == path)
+        if victims is None:
+            return  # already loaded from that path
+        for victim in victims:
+            self._delete(victim)
         from peft import PeftModel
 
         try:
@@ -453,7 +452,7 @@ class HFEngine:
         except Exception as error:
             self._recover_from_failed_load(name)
             raise AdapterLoadError(f"could not load adapter {name!r} from {path}: {error}") from error
-        self._adapters[name] = path
+        self._slots.add(name, path)
         self._publish()
 
     def _recover_from_failed_load(self, name: str) -> None:
@@ -464,31 +463,34 @@ class HFEngine:
             self._peft.delete_adapter(name)
 
     def _unload(self, name: str, future: Future) -> None:
-        if name not in self._adapters:
-            raise AdapterNotLoadedError(f"adapter {name!r} is not loaded")
-        self._unloading.setdefault(name, []).append(future)
+        if name in self._unloading:  # a second caller for the same unload waits with the first
+            self._unloading[name].append(future)
+            return
+        self._slots.begin_unload(name)
+        self._unloading[name] = [future]
         self._publish()
 
     def _finish_unloads(self) -> None:
-        for name in [n for n in self._unloading if not self._in_use[n]]:
-            self._delete(name)
+        """Delete each adapter being unloaded once no request uses it (or once an eviction took it)."""
+        for name in [n for n in self._unloading if n not in self._slots or not self._slots.busy(n)]:
+            if name in self._slots:
+                self._delete(name)
             for future in self._unloading.pop(name):
                 future.set_result(None)
 
     def _delete(self, name: str) -> None:
-        if len(self._adapters) == 1:  # PEFT cannot run without an adapter: unwrap back to the plain model
+        if len(self._slots) == 1:  # PEFT cannot run without an adapter: unwrap back to the plain model
             self._base, self._peft = self._peft.unload(), None
         else:
             with warnings.catch_warnings():  # "active adapter deleted": we never use the active adapter
                 warnings.simplefilter("ignore")
                 self._peft.delete_adapter(name)
-        del self._adapters[name]
-        self._in_use.pop(name, None)
+        self._slots.remove(name)
         self._publish()
 
     def _publish(self) -> None:
         """Refresh the snapshot other threads read: loaded adapters, less those being unloaded."""
-        self._listed = tuple(n for n in self._adapters if n not in self._unloading)
+        self._listed = self._slots.listed()
 
 
 def engine_options(settings: Settings) -> dict[str, Any]:

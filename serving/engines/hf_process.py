@@ -9,10 +9,10 @@ API server from its engine core for the same reason. Here the child runs an `HFE
 - The child is `python -m serving.engines.hf_process FD`, with one end of a socket pair as FD (a
   `multiprocessing.connection.Connection`, pickled messages). Not `multiprocessing`'s spawn: that re-imports
   the parent's `__main__`, which in a Ray worker is Ray's own worker script.
-- Parent to child: `("add", request)`, `("abort", id)`, `("load", call, name, path)`, `("unload", call,
-  name)`, `("stop",)`. Child to parent: `("ready", context_length)` once, then `("outputs", [(id, output
-  or error), ...], requests_in_flight)` once per decode-loop iteration (every request's delta of that step
-  in one message), and `("done", call, error or None, adapters)` for each load and unload.
+- The messages are the typed ones of `serving.engines.messages`. Parent to child: the engine's options
+  once, then `Submit`, `Abort`, `Call` (a `Load` or `Unload` with an id) and `Stop`. Child to parent:
+  `Ready` (or `Failed`) once, then `Outputs` once per decode-loop iteration (every request's delta of that
+  step in one message) and `Done` for each `Call`.
 - Detokenizing and stop strings stay in the child with the rest of the per-token work; the parent only
   routes each delta to its caller's queue, with one event-loop wake-up per message.
 - Life: the child exits when the parent sends "stop" or when its end of the socket closes, which is also
@@ -40,6 +40,19 @@ from typing import Any
 from ratchet.settings import Settings
 from serving.engine import AdapterNotLoadedError, GenerationOutput, GenerationRequest
 from serving.engines.hf_batch import hand_over, read_outputs
+from serving.engines.messages import (
+    Abort,
+    AdapterOp,
+    Call,
+    Done,
+    Failed,
+    Load,
+    Outputs,
+    Ready,
+    Stop,
+    Submit,
+    Unload,
+)
 
 logger = logging.getLogger(__name__)
 START_TIMEOUT_SECONDS = 900.0  # loading, packing and timing the thread count of a large model on CPU
@@ -75,13 +88,13 @@ class HFEngineProcess:
 
     async def start(self) -> None:
         try:
-            kind, value = await asyncio.wait_for(asyncio.to_thread(self._first_message), START_TIMEOUT_SECONDS)
+            first = await asyncio.wait_for(asyncio.to_thread(self._first_message), START_TIMEOUT_SECONDS)
         except TimeoutError:
-            kind, value = "late", f"it was not ready after {START_TIMEOUT_SECONDS:.0f} s"
-        if kind != "ready":
+            first = Failed(f"it was not ready after {START_TIMEOUT_SECONDS:.0f} s")
+        if not isinstance(first, Ready):
             await self.shutdown()
-            raise RuntimeError(f"the hf engine process could not start: {value}")
-        self.context_length = value
+            raise RuntimeError(f"the hf engine process could not start: {first.reason}")
+        self.context_length = first.context_length
         self._reader = threading.Thread(target=self._read, name="hf-engine-outputs", daemon=True)
         self._reader.start()
 
@@ -99,7 +112,7 @@ class HFEngineProcess:
         outputs: asyncio.Queue = asyncio.Queue()
         self._streams[request.request_id] = (asyncio.get_running_loop(), outputs)
         try:
-            self._send_or_fail(("add", request))
+            self._send_or_fail(Submit(request))
             async with aclosing(read_outputs(outputs, lambda: self._abort_quietly(request.request_id))) as items:
                 async for item in items:
                     yield item
@@ -110,11 +123,11 @@ class HFEngineProcess:
         self._abort_quietly(request_id)
 
     async def load_adapter(self, name: str, path: str) -> None:
-        await self._call("load", name, str(path))
+        await self._call(Load(name, str(path)))
 
     async def unload_adapter(self, name: str) -> None:
         """Returns once the adapter is deleted; requests already running with it finish first."""
-        await self._call("unload", name)
+        await self._call(Unload(name))
 
     def adapters(self) -> list[str]:
         return list(self._listed)
@@ -122,7 +135,7 @@ class HFEngineProcess:
     async def shutdown(self) -> None:
         if self._process.poll() is None:
             try:
-                self._send(("stop",))
+                self._send(Stop())
                 await asyncio.to_thread(self._process.wait, STOP_TIMEOUT_SECONDS)
             except (OSError, subprocess.TimeoutExpired):
                 self._process.kill()
@@ -136,18 +149,18 @@ class HFEngineProcess:
     def _abort_quietly(self, request_id: str) -> None:
         if self._gone is None:
             with contextlib.suppress(OSError):  # the child has just gone: nothing left to abort
-                self._send(("abort", request_id))
+                self._send(Abort(request_id))
 
     def _send(self, message: Any) -> None:
         with self._send_lock:  # event-loop threads of several callers may send at once
             self._conn.send(message)
 
-    async def _call(self, kind: str, *args: str) -> None:
+    async def _call(self, op: AdapterOp) -> None:
         call_id, loop = next(self._call_ids), asyncio.get_running_loop()
         future = loop.create_future()
         self._calls[call_id] = (loop, future)
         try:
-            self._send_or_fail((kind, call_id, *args))
+            self._send_or_fail(Call(call_id, op))
         except RuntimeError:
             self._calls.pop(call_id, None)
             raise
@@ -163,27 +176,26 @@ class HFEngineProcess:
                 return
         raise RuntimeError(self._gone or "the hf engine process exited")
 
-    def _first_message(self) -> tuple[str, Any]:
+    def _first_message(self) -> Ready | Failed:
         try:
             return self._conn.recv()
         except (EOFError, OSError):
-            return "exited", f"it exited with code {self._process.wait()} (its log is the replica's stderr)"
+            return Failed(f"it exited with code {self._process.wait()} (its log is the replica's stderr)")
 
     def _read(self) -> None:
         """The reader thread: route each message from the child to the callers' event loops."""
         try:
             while True:
-                message = self._conn.recv()
-                if message[0] == "outputs":
-                    _, items, self.num_requests = message
-                    streams = [(self._streams.get(request_id), item) for request_id, item in items]
-                    # A stream no longer there has stopped listening (its abort is on the way).
-                    hand_over([(*stream, item) for stream, item in streams if stream is not None])
-                else:  # ("done", call, error, adapters)
-                    _, call_id, error, adapters = message
-                    self._listed = tuple(adapters)
-                    loop, future = self._calls.pop(call_id)
-                    _settle_soon(loop, future, error)
+                match self._conn.recv():
+                    case Outputs(items, requests_in_flight):
+                        self.num_requests = requests_in_flight
+                        streams = [(self._streams.get(request_id), item) for request_id, item in items]
+                        # A stream no longer there has stopped listening (its abort is on the way).
+                        hand_over([(*stream, item) for stream, item in streams if stream is not None])
+                    case Done(call_id, error, adapters):
+                        self._listed = adapters
+                        loop, future = self._calls.pop(call_id)
+                        _settle_soon(loop, future, error)
         except (EOFError, OSError):
             pass
         self._gone = f"the hf engine process exited (code {self._process.wait()})"
@@ -237,37 +249,37 @@ def serve_engine(conn: Connection) -> None:
 
     def deliver(items: list) -> list:
         if items:
-            send(("outputs", [(seq.request.request_id, _portable(item)) for seq, item in items], engine.num_requests))
+            send(Outputs([(seq.request.request_id, _portable(item)) for seq, item in items], engine.num_requests))
         return []
 
     def answer(call_id: int, future: Any) -> None:
-        send(("done", call_id, _portable(future.exception()), engine.adapters()))
+        send(Done(call_id, _portable(future.exception()), tuple(engine.adapters())))
 
     options = conn.recv()
     try:
         engine = HFEngine(**options, deliver=deliver)
     except Exception as error:
         logger.exception("the hf engine could not start")
-        send(("failed", f"{type(error).__name__}: {error}"))
+        send(Failed(f"{type(error).__name__}: {error}"))
         return
-    send(("ready", engine.context_length))
+    send(Ready(engine.context_length))
     while True:
         try:
-            kind, *args = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
-            kind, args = "stop", []
-        if kind == "stop":
-            break
-        if kind == "add":
-            try:
-                engine.submit(args[0])
-            except Exception as error:  # the request cannot run (e.g. its prompt is too long)
-                send(("outputs", [(args[0].request_id, _portable(error))], engine.num_requests))
-        elif kind == "abort":
-            engine.cancel(args[0])
-        else:  # load / unload
-            call_id, *names = args
-            engine.command(kind, *names).add_done_callback(lambda future, call_id=call_id: answer(call_id, future))
+            message = Stop()
+        match message:
+            case Stop():
+                break
+            case Submit(request):
+                try:
+                    engine.submit(request)
+                except Exception as error:  # the request cannot run (e.g. its prompt is too long)
+                    send(Outputs([(request.request_id, _portable(error))], engine.num_requests))
+            case Abort(request_id):
+                engine.cancel(request_id)
+            case Call(call_id, op):
+                engine.call(op).add_done_callback(lambda future, call_id=call_id: answer(call_id, future))
     asyncio.run(engine.shutdown())
 
 

@@ -31,7 +31,6 @@ import asyncio
 import gc
 import itertools
 import logging
-from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -39,14 +38,13 @@ from typing import Any
 from ratchet.settings import Settings
 from serving.adapter_files import Shapes, check_adapter_files, check_fits, module_shapes
 from serving.engine import (
-    AdapterBusyError,
     AdapterLoadError,
-    AdapterNotLoadedError,
     FinishReason,
     GenerationOutput,
     GenerationRequest,
     TokenLogprob,
 )
+from serving.engines.adapter_slots import AdapterSlots
 
 logger = logging.getLogger(__name__)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -77,10 +75,9 @@ class VLLMEngine:
         self._llm: Any = None  # vllm.v1.engine.async_llm.AsyncLLM, once started
         self._starting: asyncio.Lock | None = None
         self._adapter_lock: asyncio.Lock | None = None
-        self._adapters: OrderedDict[str, Any] = OrderedDict()  # name -> LoRARequest, least recently used first
+        self._slots: AdapterSlots[Any] = AdapterSlots(max_adapters)  # name -> LoRARequest; in use while running
         self._ids: dict[tuple[str, str], int] = {}  # (name, path) -> vLLM lora_int_id, never reused
         self._next_id = itertools.count(1)
-        self._in_use: Counter[str] = Counter()  # adapter -> requests running with it
         self._unloading: dict[str, asyncio.Event] = {}  # set once the adapter's last request has finished
         self._running: set[str] = set()  # request ids of the streams in flight
         self._module_shapes: Shapes | None = None  # the base model's, for the adapter checks
@@ -162,18 +159,11 @@ class VLLMEngine:
         if request.request_id in self._running:
             raise ValueError(f"request id {request.request_id!r} is already running")
         adapter = request.adapter
-        lora = None
-        if adapter is not None:
-            if adapter not in self._adapters or adapter in self._unloading:
-                raise AdapterNotLoadedError(f"adapter {adapter!r} is not loaded; load it first")
-            lora = self._adapters[adapter]
-            self._adapters.move_to_end(adapter)
+        lora = None if adapter is None else self._slots.acquire(adapter)  # AdapterNotLoadedError if it is not
         prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids))
         stream = self._llm.generate(prompt, sampling, request.request_id, lora_request=lora)
         produced, finished = 0, False
         held: list[GenerationOutput] = []  # a JSON answer's deltas after its first, sent as one at the end
-        if adapter is not None:
-            self._in_use[adapter] += 1
         self._running.add(request.request_id)
         try:
             async for output in stream:
@@ -240,7 +230,7 @@ class VLLMEngine:
     # ---- adapters ------------------------------------------------------------------------------------------
 
     def adapters(self) -> list[str]:
-        return [name for name in self._adapters if name not in self._unloading]
+        return list(self._slots.listed())
 
     async def load_adapter(self, name: str, path: str) -> None:
         config = check_adapter_files(name, Path(path), self.max_lora_rank)
@@ -254,54 +244,39 @@ class VLLMEngine:
 
         path = str(Path(path).resolve())
         async with self._lock():
-            if name in self._unloading:
-                raise AdapterBusyError(f"adapter {name!r} is being unloaded; wait for that, or use a new name")
-            loaded = self._adapters.get(name)
-            if loaded is not None and loaded.lora_path == path:
-                self._adapters.move_to_end(name)
-                return
-            if loaded is not None:
-                if self._in_use[name]:
-                    raise AdapterBusyError(f"adapter {name!r} is in use by running requests; load it under a new name")
-                await self._remove(name)
-            while len(self._adapters) >= self.max_adapters:
-                idle = next((n for n in self._adapters if not self._in_use[n]), None)
-                if idle is None:
-                    raise AdapterBusyError(f"all {self.max_adapters} adapter slots are in use; raise max_adapters")
-                logger.info("evicting adapter %s (least recently used)", idle)
-                await self._remove(idle)
+            victims = self._slots.make_room(name, lambda loaded: loaded.lora_path == path)
+            if victims is None:
+                return  # already loaded from that path
+            for victim in victims:
+                await self._remove(victim)
             lora_id = self._ids.setdefault((name, path), next(self._next_id))
             lora = LoRARequest(lora_name=name, lora_int_id=lora_id, lora_path=path)
             try:
                 await self._llm.add_lora(lora)
             except Exception as error:
                 raise AdapterLoadError(f"could not load adapter {name!r} from {path}: {_reason(error)}") from error
-            self._adapters[name] = lora
+            self._slots.add(name, lora)
 
     async def unload_adapter(self, name: str) -> None:
         """Returns once the adapter is removed; requests already running with it finish first."""
-        if name not in self.adapters():
-            raise AdapterNotLoadedError(f"adapter {name!r} is not loaded")
+        idle = self._slots.begin_unload(name)  # AdapterNotLoadedError if it is not loaded
         done = self._unloading[name] = asyncio.Event()
-        if not self._in_use[name]:
+        if idle:
             done.set()
         try:
             await done.wait()
             async with self._lock():
-                if name in self._adapters:  # an eviction may have taken it meanwhile
+                if name in self._slots:  # an eviction may have taken it meanwhile
                     await self._remove(name)
         finally:
             self._unloading.pop(name, None)
 
     def _release(self, adapter: str) -> None:
-        self._in_use[adapter] -= 1
-        if not self._in_use[adapter]:
-            del self._in_use[adapter]
-            if adapter in self._unloading:
-                self._unloading[adapter].set()
+        if self._slots.release(adapter) and adapter in self._unloading:
+            self._unloading[adapter].set()
 
     async def _remove(self, name: str) -> None:
-        lora = self._adapters.pop(name)
+        lora = self._slots.remove(name)
         if self._llm is not None:
             await self._llm.remove_lora(lora.lora_int_id)
 

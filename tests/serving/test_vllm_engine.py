@@ -353,7 +353,7 @@ def test_abort_and_closing_the_stream_end_the_request_in_vllm(engine, loop, prom
         return False
 
     assert loop.run(cancelled_and_duplicate()), "vLLM still runs the request whose task was cancelled"
-    assert not engine._in_use, "adapter use counts leaked"
+    assert not any(engine._slots.busy(name) for name in engine.adapters()), "adapter use counts leaked"
 
 
 # ---- adapters ---------------------------------------------------------------------------------------------
