@@ -3,11 +3,11 @@
 The store holds the routing state (`current`, `previous`, `canary`; written in one transaction) and every
 decision (`decisions`, newest last). Replicas follow the stored state (serving/runtime.py), and a
 restarted server comes back serving it. The functions here only plan and record; the admin routes
-(deploy/admin_routes.py) first make their replica load and check the adapter, then call them, and the
+(deploy/routes/admin.py) first make their replica load and check the adapter, then call them, and the
 CLI calls them directly when no server runs.
 
     promote(store, registry, "ft-0004")        current -> ft-0004, previous -> the old current
-    rollback(store, registry)                  current -> previous (409 when there is none)
+    rollback(store, registry)                  current -> previous (Conflict when there is none)
     start_canary(store, registry, "ft-0004", 0.2)
     end_canary(store, registry, "rollback", decision)
 """
@@ -18,18 +18,11 @@ import shutil
 import time
 from typing import Any
 
+from feedback.errors import Conflict, Invalid, NotFound
 from feedback.registry import AdapterRegistry, UnknownAdapter
 from feedback.store import FeedbackStore
 
 MAX_DECISIONS = 50
-
-
-class PromotionError(Exception):
-    """A refused change; `status` and `code` are what the HTTP API answers."""
-
-    def __init__(self, status: int, message: str, code: str) -> None:
-        super().__init__(message)
-        self.status, self.code = status, code
 
 
 def check_promotable(registry: AdapterRegistry, adapter: str, *, force: bool = False) -> None:
@@ -39,13 +32,13 @@ def check_promotable(registry: AdapterRegistry, adapter: str, *, force: bool = F
     try:
         record = registry.get(adapter)
     except UnknownAdapter as error:
-        raise PromotionError(404, str(error), "model_not_found") from error
+        raise NotFound(str(error), code="model_not_found", param="adapter") from error
     if record.status == "retired":
-        raise PromotionError(409, f"adapter {adapter} is retired: its files were pruned; retrain it", "adapter_retired")
+        raise Conflict(f"adapter {adapter} is retired: its files were pruned; retrain it", code="adapter_retired")
     if record.status == "rejected" and not force:
         reasons = "; ".join((record.decision or {}).get("reasons", [])[:3]) or "see `ratchet adapters`"
-        raise PromotionError(
-            409, f"adapter {adapter} was rejected ({reasons}): pass force to promote it anyway", "adapter_rejected"
+        raise Conflict(
+            f"adapter {adapter} was rejected ({reasons}): pass force to promote it anyway", code="adapter_rejected"
         )
 
 
@@ -95,7 +88,7 @@ def rollback(store: FeedbackStore, registry: AdapterRegistry, *, reason: str = "
     """Serve `previous` again; the rolled-back adapter is marked rejected. 409 when there is no previous."""
     state = store.routing_state()
     if not state["previous"]:
-        raise PromotionError(409, "there is no previous adapter to roll back to", "no_previous")
+        raise Conflict("there is no previous adapter to roll back to", code="no_previous")
     bad, back = state["current"], state["previous"]
     store.set_states({"current": {"adapter": back, "since": time.time()}, "previous": None})
     decision = {"action": "rollback", "adapter": bad, "to": back, "reason": reason}
@@ -110,13 +103,13 @@ def start_canary(
 ) -> dict[str, Any]:
     """Let `adapter` answer a sticky `fraction` of `current` traffic (users hashed to arms)."""
     if not 0 < fraction <= 1:
-        raise PromotionError(400, f"fraction must be in (0, 1], got {fraction}", "invalid_fraction")
+        raise Invalid(f"fraction must be in (0, 1], got {fraction}", code="invalid_fraction", param="fraction")
     check_promotable(registry, adapter, force=force)
     state = store.routing_state()
     if adapter == state["current"]:
-        raise PromotionError(409, f"{adapter} is already current", "already_current")
+        raise Conflict(f"{adapter} is already current", code="already_current")
     if state["canary"] and state["canary"].get("adapter") not in (None, adapter):
-        raise PromotionError(409, f"{state['canary']['adapter']} is already in canary: end it first", "canary_running")
+        raise Conflict(f"{state['canary']['adapter']} is already in canary: end it first", code="canary_running")
     store.set_states({"canary": {"adapter": adapter, "fraction": fraction, "started": time.time()}})
     _set_status(registry, adapter, "canary")
     record_decision(store, {"action": "canary", "adapter": adapter, "fraction": fraction})
@@ -127,7 +120,7 @@ def abort_canary(store: FeedbackStore, registry: AdapterRegistry, *, reason: str
     """Stop the canary and mark its adapter rejected (the live numbers turned against it)."""
     canary = store.routing_state()["canary"]
     if not canary:
-        raise PromotionError(409, "no canary is running", "no_canary")
+        raise Conflict("no canary is running", code="no_canary")
     store.set_states({"canary": None})
     _set_status(registry, canary["adapter"], "rejected", {"verdict": "rollback", "reasons": [reason]})
     record_decision(store, {"action": "rollback", "adapter": canary["adapter"], "reason": reason})

@@ -14,8 +14,6 @@ import time
 from feedback.store import FeedbackStore
 from ratchet.settings import Settings
 
-# Routers later packages add to the app, by import path (imported inside each replica).
-EXTRA_ROUTERS: list[str] = ["retrain.api:router", "deploy.admin_routes:router"]
 _runner = None  # the fine-tuning JobRunner of this driver process, while start() has one running
 
 
@@ -29,10 +27,11 @@ def persisted_state(settings: Settings) -> dict:
 
 def start(settings: Settings) -> str:
     """Deploy the app on a (new or running) local Ray; returns the base URL once /health answers."""
+    from deploy.app import IMPORT_PATH
     from serving import deployment
 
     deployment.start_ray(settings)
-    config = deployment.serve_config(settings, routers=EXTRA_ROUTERS, state=persisted_state(settings))
+    config = deployment.serve_config(settings, state=persisted_state(settings), import_path=IMPORT_PATH)
     deployment.deploy(config)
     url = f"http://{settings.host}:{settings.port}"
     store = FeedbackStore(settings.store_url)
@@ -46,7 +45,7 @@ def start(settings: Settings) -> str:
 
 def _start_job_runner(settings: Settings) -> None:
     """Fail what a restart interrupted, then train queued jobs one at a time as Ray tasks (nice 10, one
-    thread), from this driver process; the replicas only record jobs (retrain/api_jobs.py)."""
+    thread), from this driver process; the replicas only record jobs (deploy/routes/fine_tuning.py)."""
     global _runner
     from pathlib import Path
 

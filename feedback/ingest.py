@@ -59,8 +59,8 @@ def import_jsonl(
     report = ImportReport(path=str(path))
     # 1) read and validate every line
     try:
-        rows = _read_rows(Path(path), report, count_tokens=count_tokens, max_tokens=max_tokens)
-    except _FileProblem as problem:
+        rows = read_rows(Path(path), report, count_tokens=count_tokens, max_tokens=max_tokens)
+    except FileProblem as problem:
         report.errors.append(f"{path}: {problem}")
         return report
     if report.errors and not skip_invalid:
@@ -94,23 +94,23 @@ def import_jsonl(
     return report
 
 
-class _FileProblem(Exception):
+class FileProblem(Exception):
     """The file as a whole cannot be imported."""
 
 
-def _read_rows(
+def read_rows(
     path: Path, report: ImportReport, *, count_tokens: TokenCounter | None, max_tokens: int | None
 ) -> list[tuple[int, ValidatedRow]]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise _FileProblem("no such file") from None
+        raise FileProblem("no such file") from None
     except IsADirectoryError:
-        raise _FileProblem("is a directory, not a JSONL file") from None
+        raise FileProblem("is a directory, not a JSONL file") from None
     except OSError as error:
-        raise _FileProblem(f"cannot read: {error.strerror}") from None
+        raise FileProblem(f"cannot read: {error.strerror}") from None
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise _FileProblem("is UTF-16 (byte order mark): save it as UTF-8")
+        raise FileProblem("is UTF-16 (byte order mark): save it as UTF-8")
     raw = raw.removeprefix(b"\xef\xbb\xbf")
     rows: list[tuple[int, ValidatedRow]] = []
     seen_content = False
@@ -132,7 +132,7 @@ def _read_rows(
         except InvalidLine as invalid:
             report.errors.append(f"{path}:{line_number}: {invalid.reason}")
     if not seen_content:
-        raise _FileProblem("empty file: no rows to import")
+        raise FileProblem("empty file: no rows to import")
     return rows
 
 

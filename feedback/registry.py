@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from feedback.errors import Conflict, DomainError, Invalid, NotFound
 from feedback.models import Adapter
 from feedback.store import FeedbackStore
 
@@ -42,24 +43,38 @@ SUFFIX_RE = re.compile(r"[a-z0-9-]{1,40}")
 NAME_RE = re.compile(r"ft-(\d{4,})(?:-([a-z0-9-]{1,40}))?")
 
 
-class AdapterError(Exception):
+class AdapterError(DomainError):
     """Base of the registry's errors; the message says what to do next."""
 
+    param = "model"
 
-class UnknownAdapter(AdapterError, LookupError):
+
+class UnknownAdapter(AdapterError, NotFound):
     """No adapter is registered under that name."""
 
+    code = "model_not_found"
 
-class InvalidAdapterName(AdapterError, ValueError):
+
+class InvalidAdapterName(AdapterError, Invalid):
     """A name or suffix that breaks the naming rules."""
 
+    code = "invalid_value"
 
-class UnsafeAdapter(AdapterError):
+
+class UnsafeAdapter(AdapterError, Conflict):
     """A folder the server must not load: pickle weights, missing files, or a path outside the root."""
 
+    code = "adapter_unsafe"
 
-class AdapterTampered(AdapterError):
+
+class AdapterTampered(AdapterError, Conflict):
     """A file's SHA-256 no longer matches what was registered."""
+
+    code = "adapter_unsafe"
+
+
+class AdapterNotUsable(AdapterError, Conflict):
+    """A registered adapter that cannot serve or be trained on here: retired, or built on another base."""
 
 
 class AdapterRegistry:
@@ -166,6 +181,22 @@ class AdapterRegistry:
         return files
 
     # -- reading -------------------------------------------------------------------------------
+    def usable(self, name: str, base_model_id: str) -> Adapter:
+        """The record of an adapter this server can serve or continue from: UnknownAdapter when none is
+        registered, AdapterNotUsable when its files were pruned or it was trained on another base model."""
+        record = self.get(name)
+        if record.status == "retired":
+            raise AdapterNotUsable(
+                f"adapter {name} is retired: its files were pruned; retrain it", code="adapter_retired"
+            )
+        if record.base_model != base_model_id:
+            raise AdapterNotUsable(
+                f"adapter {name} was trained on base {record.base_model} but the server runs {base_model_id}: "
+                "retrain it or serve the matching base",
+                code="base_model_mismatch",
+            )
+        return record
+
     def get(self, name: str) -> Adapter:
         """The record of `name`; raises UnknownAdapter."""
         row = self._find(name)

@@ -24,7 +24,7 @@ from typing import Any
 
 from feedback.datasets import build
 from feedback.formats import Kind, content_hash
-from feedback.ingest import ImportReport, _FileProblem, _read_rows
+from feedback.ingest import FileProblem, ImportReport, read_rows
 from feedback.models import Adapter
 from feedback.registry import AdapterRegistry
 from feedback.store import FeedbackStore
@@ -86,8 +86,8 @@ def data_from_file(method: Kind, path: Path | str, validation_path: Path | str |
 def _read_file(method: Kind, path: Path) -> list[dict[str, Any]]:
     report = ImportReport(path=str(path))
     try:
-        rows = _read_rows(path, report, count_tokens=None, max_tokens=None)
-    except _FileProblem as problem:
+        rows = read_rows(path, report, count_tokens=None, max_tokens=None)
+    except FileProblem as problem:
         raise DataError(f"{path}: {problem}") from None
     errors = list(report.errors)
     for line_number, row in rows:

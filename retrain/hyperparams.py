@@ -17,6 +17,10 @@ the `*_gpu.yaml` configs, whose rates are ten times lower, or let `learning_rate
 
 from __future__ import annotations
 
+import functools
+import json
+import math
+import struct
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -158,6 +162,24 @@ def auto_batch_size(n_train: int) -> int:
 def auto_learning_rate(n_parameters: int, *, preference: bool = False) -> float:
     rate = next(rate for limit, rate in AUTO_LR_BY_SIZE if n_parameters < limit)
     return rate * PREFERENCE_LR_FACTOR if preference else rate
+
+
+@functools.lru_cache(maxsize=8)
+def parameter_count(model_dir: str) -> int | None:
+    """Parameters of a local model, summed from its safetensors headers (no weights loaded); None if unknown."""
+    total = 0
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with path.open("rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(size))
+        total += sum(math.prod(t["shape"]) for key, t in header.items() if key != "__metadata__")
+    return total or None
+
+
+def base_learning_rate(model_dir: str, method: str) -> float | None:
+    """The rate "auto" picks for this base model and method (what OpenAI's learning_rate_multiplier 1 means)."""
+    count = parameter_count(model_dir)
+    return None if count is None else auto_learning_rate(count, preference=method != "sft")
 
 
 # -- resources ---------------------------------------------------------------------------------------

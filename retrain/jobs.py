@@ -32,6 +32,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from feedback.errors import Invalid, NotFound
 from feedback.models import File, Job, JobEvent, new_id, now
 from feedback.store import FeedbackStore
 from ratchet.settings import Settings
@@ -127,7 +128,7 @@ def get_job(store: FeedbackStore, job_id: str) -> Job:
     with store.session() as session:
         job = session.get(Job, job_id)
     if job is None:
-        raise LookupError(f"fine-tuning job {job_id} does not exist")
+        raise NotFound(f"fine-tuning job {job_id} does not exist", code="job_not_found", param="fine_tuning_job_id")
     return job
 
 
@@ -193,6 +194,17 @@ def finish(store: FeedbackStore, job_id: str, status: str, *, error: dict | None
 def cancel_job(store: FeedbackStore, job_id: str) -> Job:
     """Cancel a job that has not finished (a finished one is returned unchanged)."""
     return finish(store, job_id, "cancelled")
+
+
+def cancel_by_request(store: FeedbackStore, job_id: str) -> tuple[Job, str]:
+    """What a user's cancel does (the API and `ratchet train cancel` alike): a queued job is cancelled at
+    once, a running one at its next training step; a finished one is Invalid (OpenAI answers 400).
+    Returns (job, the status it had)."""
+    job = get_job(store, job_id)
+    if job.status in ("succeeded", "failed"):
+        message = f"job {job_id} has already {job.status}: there is nothing to cancel"
+        raise Invalid(message, code="job_already_finished")
+    return cancel_job(store, job_id), job.status
 
 
 def recover_interrupted(store: FeedbackStore, settings: Settings) -> list[str]:

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field, replace
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
+from feedback.errors import DomainError
 from feedback.models import Completion, new_id
 from serving import metrics
 from serving.auth import require_api_key
 from serving.engine import AdapterNotLoadedError, GenerationRequest, JsonFormat, SamplingParams, TokenLogprob
-from serving.errors import APIError
+from serving.errors import APIError, as_response
 from serving.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -300,9 +301,9 @@ async def _stream(call: Call, runtime: ServingRuntime) -> AsyncIterator[str]:
         if include_usage:
             yield chunk([], usage=call.usage())
         yield "data: [DONE]\n\n"
-    except APIError as error:
+    except (APIError, DomainError) as error:
         # The status line is gone once streaming started: report the error in-band, as OpenAI does.
-        yield f"data: {error.response().body.decode()}\n\n"
+        yield f"data: {as_response(error).body.decode()}\n\n"
     finally:
         # Reached on normal end, on error, and when the client disconnects (the generator is closed).
         for task in tasks:

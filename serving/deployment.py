@@ -5,26 +5,30 @@ replicas scale out whole. Routing state (current, previous, canary) is the deplo
 deploying a new one through Serve's config path calls `reconfigure()` IN PLACE on every replica (no
 restart, no dropped request: docs/dev-log.md), which loads and checks the adapters and then switches.
 
-Extra routers (files, fine-tuning, admin promote/rollback) arrive as import paths ("pkg.module:router")
-and are imported inside the replica, so this package never imports the packages that add them.
+Extra routers (files, fine-tuning, admin promote/rollback) come from a function the full app's builder
+passes in (`deploy.app:build`, which Serve's config names), called inside each replica: this package never
+imports the packages that add them.
 
-`build(args)` is the application builder named by the Serve config (`serving.deployment:build`);
-`serve_config()` writes that config, and `run_local()` is what `ratchet serve` runs.
+`application(settings, routers)` binds the deployment; `build(args)` is serving's own builder (the API
+without the extra routers); `serve_config()` writes the config that names a builder.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
 from ratchet.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
 
 log = logging.getLogger("ratchet.serving")
 APP_NAME = "ratchet"
@@ -39,16 +43,11 @@ SECRET_SETTINGS = {"api_keys", "judge_api_key"}
 GIL_SWITCH_SECONDS = 0.0005  # see RatchetServer.__init__
 
 
-def _import_object(path: str) -> Any:
-    module, _, attribute = path.partition(":")
-    return getattr(importlib.import_module(module), attribute)
-
-
 @serve.ingress()
 class RatchetServer:
     """One replica: runtime (engine, store, writer) plus the FastAPI app built around it."""
 
-    async def __init__(self, settings: dict[str, Any], routers: list[str] | None = None) -> None:
+    async def __init__(self, settings: dict[str, Any], routers: Callable[[], list[APIRouter]] | None = None) -> None:
         from serving import runtime as runtime_module
         from serving.app import create_app
 
@@ -66,9 +65,7 @@ class RatchetServer:
         self.runtime = runtime_module.ServingRuntime(self.settings)
         await self.runtime.start()
         runtime_module.install(self.runtime)
-        self.http_app = create_app(
-            [_import_object(path) for path in routers or []], max_request_bytes=self.settings.max_request_bytes
-        )
+        self.http_app = create_app(routers() if routers else [], max_request_bytes=self.settings.max_request_bytes)
 
     def __serve_build_asgi_app__(self):
         return self.http_app
@@ -87,11 +84,15 @@ class RatchetServer:
         await self.runtime.shutdown()
 
 
+def application(settings: dict[str, Any], routers: Callable[[], list[APIRouter]] | None = None) -> serve.Application:
+    """The deployment bound to its settings (a module-level `routers` function travels by reference)."""
+    return serve.deployment(RatchetServer, name=DEPLOYMENT_NAME).bind(settings, routers)
+
+
 def build(args: dict[str, Any]) -> serve.Application:
-    """Serve application builder: `args` = {"settings": {...}, "routers": ["pkg.mod:router", ...]}."""
+    """Serve application builder for serving's API alone: `args` = {"settings": {...}}."""
     # No settings in args: the replica reads RATCHET_* from its environment (the runtime_env).
-    settings = args.get("settings") or {}
-    return serve.deployment(RatchetServer, name=DEPLOYMENT_NAME).bind(settings, args.get("routers") or [])
+    return application(args.get("settings") or {})
 
 
 def settings_payload(settings: Settings) -> dict[str, Any]:
@@ -119,7 +120,6 @@ def _has_password(url: str) -> bool:
 def serve_config(
     settings: Settings,
     *,
-    routers: list[str] | None = None,
     state: dict | None = None,
     import_path: str = "serving.deployment:build",
 ) -> dict[str, Any]:
@@ -132,7 +132,7 @@ def serve_config(
                 "name": APP_NAME,
                 "route_prefix": "/",
                 "import_path": import_path,
-                "args": {"settings": settings_payload(settings), "routers": routers or []},
+                "args": {"settings": settings_payload(settings)},
                 "deployments": [
                     {
                         "name": DEPLOYMENT_NAME,
@@ -209,11 +209,6 @@ def deploy(config: dict[str, Any], *, timeout: float = 600.0) -> None:
             raise RuntimeError(f"the serving app failed to deploy: {status.message}")
         time.sleep(0.5)
     raise TimeoutError(f"the serving app was not running after {timeout:.0f} s")
-
-
-def update_state(settings: Settings, state: dict[str, Any], *, routers: list[str] | None = None) -> None:
-    """Hot-swap: redeploy with only `user_config` changed, so every replica reconfigures in place."""
-    deploy(serve_config(settings, routers=routers, state=state))
 
 
 def shutdown() -> None:

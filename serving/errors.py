@@ -1,8 +1,10 @@
 """Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`, never a stack trace.
 
-Raise `APIError` (or one of its helpers) anywhere in a route; `install_error_handlers` maps it, FastAPI's
-validation errors (422 becomes 400, as OpenAI answers), values the database refuses (400) and anything
-unexpected (500, logged, with no internals in the body) to that shape.
+Domain code raises the errors of feedback/errors.py (NotFound, Invalid, Conflict, Overloaded, Busy);
+`install_error_handlers` maps each kind to its one status here (`DOMAIN_STATUS`), along with `APIError`
+(for what only HTTP knows: auth, request size), FastAPI's validation errors (422 becomes 400, as OpenAI
+answers), values the database refuses (400) and anything unexpected (500, logged, with no internals in the
+body).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from feedback.errors import Busy, Conflict, DomainError, Invalid, NotFound, Overloaded
 from serving.protocol import ErrorDetail, ErrorResponse
 
 log = logging.getLogger("ratchet.serving")
@@ -31,6 +34,13 @@ _TYPES = {
     500: "server_error",
     503: "server_error",
 }
+
+
+DOMAIN_STATUS: dict[type[DomainError], int] = {NotFound: 404, Invalid: 400, Conflict: 409, Overloaded: 429, Busy: 503}
+
+
+def domain_status(error: DomainError) -> int:
+    return next((status for kind, status in DOMAIN_STATUS.items() if isinstance(error, kind)), 400)
 
 
 class APIError(Exception):
@@ -64,9 +74,16 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-def model_not_found(name: str) -> APIError:
-    return APIError(
-        404,
+def as_response(error: APIError | DomainError) -> JSONResponse:
+    """The OpenAI-shaped answer to an error of either kind (a stream reports it in-band with this body)."""
+    if isinstance(error, APIError):
+        return error.response()
+    headers = {"Retry-After": f"{error.retry_after:g}"} if error.retry_after is not None else None
+    return error_response(domain_status(error), error.message, param=error.param, code=error.code, headers=headers)
+
+
+def model_not_found(name: str) -> NotFound:
+    return NotFound(
         f"The model '{name}' does not exist: use current, base or a registered adapter (GET /v1/models)",
         param="model",
         code="model_not_found",
@@ -89,6 +106,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, error: APIError) -> JSONResponse:
         return error.response()
+
+    @app.exception_handler(DomainError)
+    async def _domain(_request: Request, error: DomainError) -> JSONResponse:
+        return as_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:

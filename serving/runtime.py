@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from feedback.errors import Busy, Conflict, DomainError, Overloaded
 from feedback.registry import AdapterRegistry
 from feedback.store import FeedbackStore
 from feedback.writer import CompletionLogWriter
 from ratchet.settings import Settings
 from serving import metrics
 from serving.engine import AdapterBusyError, AdapterLoadError, Engine, GenerationRequest, SamplingParams
-from serving.errors import APIError, model_not_found
+from serving.errors import model_not_found
 from serving.ratelimit import FeedbackRateLimiter
 
 log = logging.getLogger("ratchet.serving")
@@ -131,8 +132,7 @@ class ServingRuntime:
         config_path = self.registry.resolve_path(name) / "adapter_config.json"
         rank = int(json.loads(config_path.read_text()).get("r", 0))
         if not 0 < rank <= self.settings.max_lora_rank:
-            raise APIError(
-                409,
+            raise Conflict(
                 f"adapter {name} has LoRA rank {rank}; this server serves ranks 1-{self.settings.max_lora_rank}",
                 code="adapter_check_failed",
             )
@@ -145,11 +145,11 @@ class ServingRuntime:
             async for output in self.engine.generate(request):
                 text, tokens = text + output.text, output.completion_tokens
         except Exception as error:
-            raise APIError(
-                409, f"adapter {name} failed its smoke generation: {error}", code="adapter_check_failed"
+            raise Conflict(
+                f"adapter {name} failed its smoke generation: {error}", code="adapter_check_failed"
             ) from error
         if tokens == 0:
-            raise APIError(409, f"adapter {name} generated nothing in its smoke test", code="adapter_check_failed")
+            raise Conflict(f"adapter {name} generated nothing in its smoke test", code="adapter_check_failed")
         return text
 
     async def route(self, model: str, user: str | None) -> Route:
@@ -198,21 +198,9 @@ class ServingRuntime:
         from feedback.registry import AdapterTampered, UnknownAdapter, UnsafeAdapter
 
         try:
-            record = self.registry.get(name)
+            self.registry.usable(name, self.settings.base_model_id)
         except UnknownAdapter as error:
             raise model_not_found(name) from error
-        if record.status in ("retired",):
-            raise APIError(
-                404, f"adapter {name} is retired: its files were pruned", param="model", code="model_not_found"
-            )
-        if record.base_model != self.settings.base_model_id:
-            raise APIError(
-                409,
-                f"adapter {name} was trained on base {record.base_model} but the server runs "
-                f"{self.settings.base_model_id}: retrain it or serve the matching base",
-                param="model",
-                code="base_model_mismatch",
-            )
         try:
             self.registry.verify(name)
             return self.registry.resolve_path(name)
@@ -220,7 +208,7 @@ class ServingRuntime:
             log.warning("refused to load adapter %s: %s", name, error)
             reason = str(error).replace(str(Path(self.settings.home).resolve()), "<home>")
             reason = reason.removeprefix(f"adapter {name}: ")
-            raise APIError(409, f"adapter {name} is refused: {reason}", param="model", code="adapter_unsafe") from error
+            raise Conflict(f"adapter {name} is refused: {reason}", param="model", code="adapter_unsafe") from error
 
     def servable_adapters(self) -> list[Any]:
         return [
@@ -234,9 +222,7 @@ class ServingRuntime:
         """Refuse with 429 (and Retry-After) when the replica already runs its maximum of requests."""
         if self._in_flight >= self.settings.max_concurrent_requests:
             metrics.ERRORS.labels(type="overloaded").inc()
-            raise APIError(
-                429, "the server is at capacity; retry shortly", code="server_overloaded", headers={"Retry-After": "1"}
-            )
+            raise Overloaded("the server is at capacity; retry shortly", code="server_overloaded", retry_after=1)
 
     @asynccontextmanager
     async def admit(self):
@@ -261,15 +247,15 @@ class ServingRuntime:
         return list(encoded["input_ids"])
 
 
-def _load_refused(name: str, error: AdapterLoadError, adapters_dir: Path) -> APIError:
+def _load_refused(name: str, error: AdapterLoadError, adapters_dir: Path) -> DomainError:
     """An engine's refusal to load, as the client sees it: 503 (retry) while slots are busy, else 409;
     never the workspace's paths."""
     message = (
         str(error).replace(str(Path(adapters_dir).resolve()), "<adapters>").replace(str(adapters_dir), "<adapters>")
     )
     if isinstance(error, AdapterBusyError):
-        return APIError(503, f"{message}; retry shortly", code="adapter_unavailable", headers={"Retry-After": "2"})
-    return APIError(409, f"adapter {name} cannot be served: {message}", param="model", code="adapter_load_failed")
+        return Busy(f"{message}; retry shortly", code="adapter_unavailable", retry_after=2)
+    return Conflict(f"adapter {name} cannot be served: {message}", param="model", code="adapter_load_failed")
 
 
 def _bucket(user: str | None) -> float:
@@ -292,7 +278,5 @@ async def get_runtime() -> ServingRuntime:
     `async` so that FastAPI calls it on the event loop: a plain `def` dependency runs in a worker thread,
     and under many concurrent chats that hop took a noticeable share of the replica loop's time (py-spy)."""
     if _runtime is None or not _runtime.ready:
-        raise APIError(
-            503, "the model is still loading; retry shortly", code="model_loading", headers={"Retry-After": "2"}
-        )
+        raise Busy("the model is still loading; retry shortly", code="model_loading", retry_after=2)
     return _runtime

@@ -218,7 +218,7 @@ def test_train_flags_are_generated_from_the_hyperparameter_models(method):
 
     shown = run("train", method, "--help")
     assert shown.returncode == 0, shown.stderr
-    for name, field in HYPERPARAMETERS[method].model_fields.items():
+    for name in HYPERPARAMETERS[method].model_fields:
         assert "--" + name.replace("_", "-") in shown.stdout, f"train {method} lacks a flag for {name}"
     assert ("--beta" in shown.stdout) == (method != "sft")
 

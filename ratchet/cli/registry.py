@@ -69,23 +69,25 @@ def promote(
     home: Home = None,
 ) -> None:
     """Make an adapter current, immediate and full (through the running server, else in the store)."""
-    from deploy import control, promotion
+    from deploy import control
+    from feedback.errors import DomainError
 
     with workspace(home) as (settings, store):
         try:
             state, where = control.promote(settings, store, adapter, force=force)
-        except promotion.PromotionError as error:
+        except DomainError as error:
             raise CliError(str(error)) from None
     err.print(f"current is now {state['current']} (previous {state['previous']}) via {where}")
 
 
 def rollback(home: Home = None) -> None:
     """Go back to the previous adapter at once (through the running server, else in the store)."""
-    from deploy import control, promotion
+    from deploy import control
+    from feedback.errors import DomainError
 
     with workspace(home) as (settings, store):
         try:
             state, where = control.rollback(settings, store)
-        except promotion.PromotionError as error:
+        except DomainError as error:
             raise CliError(str(error)) from None
     err.print(f"current is now {state['current']} via {where}")

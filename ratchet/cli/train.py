@@ -144,14 +144,14 @@ def train_cancel(
     job_id: Annotated[str, typer.Argument(help="Fine-tuning job id (ftjob-…).")], home: Home = None
 ) -> None:
     """Cancel a fine-tuning job: a queued one at once, a running one at its next training step."""
-    from retrain.jobs import cancel_job, get_job
+    from feedback.errors import Invalid
+    from retrain.jobs import cancel_by_request
 
     with workspace(home) as (_, store):
-        job = get_job(store, job_id)  # LookupError names the unknown id
-        if job.status in ("succeeded", "failed"):
-            raise CliError(f"job {job_id} has already {job.status}: there is nothing to cancel")
-        was = job.status
-        job = cancel_job(store, job_id)
+        try:
+            job, was = cancel_by_request(store, job_id)  # NotFound (a LookupError) names the unknown id
+        except Invalid as error:
+            raise CliError(str(error)) from None
     note = " (it stops at its next training step)" if was == "running" else ""
     err.print(f"{job.id}: {job.status}{note}")
     print(job.id)

@@ -12,6 +12,7 @@ from conftest import make_lora_adapter, register_test_adapter
 
 from deploy import promotion
 from deploy.canary import arm_counts, decide
+from feedback.errors import Conflict, NotFound
 from feedback.models import Completion
 from feedback.registry import AdapterRegistry
 from feedback.store import FeedbackStore
@@ -40,9 +41,9 @@ def test_promote_then_rollback(workspace):
     state = promotion.rollback(store, registry, reason="live numbers turned")
     assert (state["current"], state["previous"]) == (a, None)
     assert registry.get(b).status == "rejected"
-    with pytest.raises(promotion.PromotionError) as refused:
+    with pytest.raises(Conflict) as refused:
         promotion.rollback(store, registry)
-    assert refused.value.status == 409
+    assert refused.value.code == "no_previous"
     actions = [d["action"] for d in promotion.decisions(store)]
     assert actions == ["promote", "promote", "rollback"]
 
@@ -50,13 +51,13 @@ def test_promote_then_rollback(workspace):
 def test_rejected_needs_force_and_unknown_is_404(workspace):
     settings, store, registry, (a, *_) = workspace
     registry.set_status(a, "rejected", {"verdict": "reject", "reasons": ["FAILED: win-rate 40%"]})
-    with pytest.raises(promotion.PromotionError) as refused:
+    with pytest.raises(Conflict) as refused:
         promotion.promote(store, registry, a)
-    assert refused.value.status == 409 and "win-rate 40%" in str(refused.value)
+    assert refused.value.code == "adapter_rejected" and "win-rate 40%" in str(refused.value)
     assert promotion.promote(store, registry, a, force=True)["current"] == a
-    with pytest.raises(promotion.PromotionError) as unknown:
+    with pytest.raises(NotFound) as unknown:
         promotion.promote(store, registry, "ft-9999")
-    assert (unknown.value.status, unknown.value.code) == (404, "model_not_found")
+    assert unknown.value.code == "model_not_found"
 
 
 def test_canary_start_and_abort(workspace):
@@ -64,7 +65,7 @@ def test_canary_start_and_abort(workspace):
     promotion.promote(store, registry, a)
     state = promotion.start_canary(store, registry, b, 0.3)
     assert state["canary"]["adapter"] == b and state["canary"]["fraction"] == 0.3
-    with pytest.raises(promotion.PromotionError):
+    with pytest.raises(Conflict):
         promotion.start_canary(store, registry, registry.list()[-1].name, 0.3)  # one canary at a time
     state = promotion.abort_canary(store, registry, reason="significantly worse")
     assert state["canary"] is None and state["current"] == a
@@ -78,7 +79,7 @@ def test_prune_keeps_what_serves_and_the_newest(workspace):
     assert sorted(pruned) == sorted([b, c])
     assert not (settings.adapters_dir / b).exists() and (settings.adapters_dir / a).exists()
     assert registry.get(b).status == "retired"  # the record stays
-    with pytest.raises(promotion.PromotionError, match="retired"):
+    with pytest.raises(Conflict, match="retired"):
         promotion.promote(store, registry, b)
 
 
@@ -136,7 +137,8 @@ def test_restarted_runtime_serves_the_stored_current(workspace):
 def test_an_adapter_the_engine_cannot_load_is_a_409_without_paths(workspace):
     import json
 
-    from serving.errors import APIError
+    from feedback.errors import DomainError
+    from serving.errors import domain_status
     from serving.runtime import ServingRuntime
 
     settings, store, registry, _ = workspace
@@ -146,28 +148,30 @@ def test_an_adapter_the_engine_cannot_load_is_a_409_without_paths(workspace):
     (folder / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "PREFIX_TUNING"}))
     registry.register(name, method="sft", base_model=settings.base_model_id, parent=None, path=folder)
 
-    async def route() -> APIError:
+    async def route() -> DomainError:
         runtime = ServingRuntime(settings)
         await runtime.start()
         try:
             await runtime.route(name, "someone")
-        except APIError as error:
+        except DomainError as error:
             return error
         finally:
             await runtime.shutdown()
         raise AssertionError("the engine loaded a prefix-tuning adapter")
 
     error = asyncio.run(route())
-    assert (error.status, error.code) == (409, "adapter_load_failed")
+    assert (domain_status(error), error.code) == (409, "adapter_load_failed")
     assert "only LoRA adapters" in error.message and str(settings.home) not in error.message
 
 
 def test_a_busy_engine_is_a_503_to_retry_and_a_broken_adapter_a_409(tmp_path):
     from serving.engine import AdapterBusyError, AdapterLoadError
+    from serving.errors import as_response
     from serving.runtime import _load_refused
 
     busy = _load_refused("ft-0001", AdapterBusyError("all 8 adapter slots are in use; raise max_adapters"), tmp_path)
-    assert (busy.status, busy.code, busy.headers) == (503, "adapter_unavailable", {"Retry-After": "2"})
+    answer = as_response(busy)
+    assert (answer.status_code, busy.code, answer.headers["retry-after"]) == (503, "adapter_unavailable", "2")
     broken = _load_refused("ft-0001", AdapterLoadError(f"could not load from {tmp_path}/ft-0001: bad"), tmp_path)
-    assert (broken.status, broken.code) == (409, "adapter_load_failed")
+    assert (as_response(broken).status_code, broken.code) == (409, "adapter_load_failed")
     assert str(tmp_path) not in broken.message and "<adapters>/ft-0001" in broken.message

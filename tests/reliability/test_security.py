@@ -51,15 +51,14 @@ def _reset_auth_caches() -> None:
 @contextmanager
 def _local_app(settings: Settings):
     """The full app around a started runtime on `settings`' workspace, as a TestClient."""
-    from deploy.server import EXTRA_ROUTERS
+    from deploy.routes import routers
     from deploy.workspace import init_workspace
     from serving.app import create_app
-    from serving.deployment import _import_object
 
     init_workspace(settings, progress=False)
     adapter = register_test_adapter(settings)
     runtime = runtime_module.ServingRuntime(settings)
-    app = create_app([_import_object(path) for path in EXTRA_ROUTERS], max_request_bytes=64 * 1024)
+    app = create_app(routers(), max_request_bytes=64 * 1024)
     _reset_auth_caches()
     before = runtime_module._runtime  # the module's app, while a test runs one of its own
     with TestClient(app, raise_server_exceptions=False) as client:

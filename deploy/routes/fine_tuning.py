@@ -18,21 +18,12 @@ continue from. Without `training_file` a job trains on the store's feedback (a r
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
-import math
 import random
-import struct
-from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
-from feedback.models import Job, JobEvent
-from feedback.registry import SUFFIX_RE, UnknownAdapter
-from retrain import jobs
-from retrain.api_files import get_file_row
-from retrain.api_protocol import (
+from deploy.routes.protocol import (
     MAX_SEED,
     Checkpoint,
     CheckpointList,
@@ -47,36 +38,22 @@ from retrain.api_protocol import (
     JobMethod,
     MethodHyperparameters,
 )
-from retrain.hyperparams import ConfigError, auto_learning_rate
-from serving.auth import require_api_key
-from serving.errors import APIError, model_not_found
-from serving.runtime import ServingRuntime, get_runtime
+from feedback.errors import Invalid
+from feedback.models import Job, JobEvent
+from feedback.registry import SUFFIX_RE, UnknownAdapter
+from retrain import files, jobs
+from retrain.hyperparams import ConfigError, base_learning_rate
+from serving.deps import NEEDS_API_KEY, Runtime
+from serving.errors import model_not_found
+from serving.runtime import ServingRuntime
 
-router = APIRouter()
+router = APIRouter(tags=["fine-tuning"], dependencies=[NEEDS_API_KEY])
 METHOD_TYPES = {"supervised": "sft", "dpo": "dpo"}  # OpenAI's method.type -> ratchet's method
 OPENAI_TYPES = {"sft": "supervised", "dpo": "dpo", "kto": "kto"}
 OPENAI_NAMES = {"n_epochs": "epochs", "batch_size": "batch_size", "beta": "beta"}
 
 
-# -- the learning rate behind learning_rate_multiplier -----------------------------------------------
-
-
-@functools.lru_cache(maxsize=8)
-def parameter_count(model_dir: str) -> int | None:
-    """Parameters of a local model, summed from its safetensors headers (no weights loaded); None if unknown."""
-    total = 0
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
-        with path.open("rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size))
-        total += sum(math.prod(t["shape"]) for key, t in header.items() if key != "__metadata__")
-    return total or None
-
-
-def base_learning_rate(runtime: ServingRuntime, method: str) -> float | None:
-    """The rate "auto" picks for this base model and method (what a multiplier of 1 means)."""
-    count = parameter_count(runtime.settings.base_model_path)
-    return None if count is None else auto_learning_rate(count, preference=method != "sft")
+# -- OpenAI's hyperparameters as ratchet's ----------------------------------------------------------
 
 
 def _overrides(runtime: ServingRuntime, method: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -86,17 +63,15 @@ def _overrides(runtime: ServingRuntime, method: str, given: dict[str, Any]) -> d
         if value is None or (value == "auto" and key in ("learning_rate_multiplier", "beta")):
             continue
         if key == "learning_rate_multiplier":
-            base = base_learning_rate(runtime, method)
+            base = base_learning_rate(runtime.settings.base_model_path, method)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise APIError(
-                    400,
+                raise Invalid(
                     f"learning_rate_multiplier must be a positive number or 'auto', got {value!r}",
                     param="hyperparameters.learning_rate_multiplier",
                     code="invalid_value",
                 )
             if base is None:
-                raise APIError(
-                    400,
+                raise Invalid(
                     "learning_rate_multiplier needs a local base model with safetensors weights to scale from: "
                     "give hyperparameters.learning_rate instead",
                     param="hyperparameters.learning_rate_multiplier",
@@ -115,7 +90,7 @@ def job_object(runtime: ServingRuntime, job: Job) -> FineTuningJob:
     hp = job.hyperparameters or {}
     rate, base = hp.get("learning_rate", "auto"), None
     if rate != "auto":
-        base = base_learning_rate(runtime, job.method)
+        base = base_learning_rate(runtime.settings.base_model_path, job.method)
     hyperparameters = JobHyperparameters(
         n_epochs=hp.get("epochs", "auto"),
         batch_size=hp.get("batch_size", "auto"),
@@ -182,8 +157,7 @@ def _method_and_hyperparameters(body: JobCreateRequest) -> tuple[str, dict[str, 
         return "sft", given
     for other in ("supervised", "dpo"):
         if other != body.method.type and getattr(body.method, other) is not None:
-            raise APIError(
-                400,
+            raise Invalid(
                 f"method.{other} was given but method.type is {body.method.type!r}: send the hyperparameters "
                 f"under method.{body.method.type}",
                 param=f"method.{other}",
@@ -195,40 +169,29 @@ def _method_and_hyperparameters(body: JobCreateRequest) -> tuple[str, dict[str, 
 
 def _resolve_model(runtime: ServingRuntime, model: str) -> str:
     """`base`, or the registered adapter of this base model that the job continues from."""
-    settings = runtime.settings
     if model == "current":
         model = runtime.state.get("current") or "base"
-    if model in ("base", settings.base_model_id):
+    if model in ("base", runtime.settings.base_model_id):
         return "base"
     try:
-        record = runtime.registry.get(model)
+        runtime.registry.usable(model, runtime.settings.base_model_id)  # retired or of another base: Conflict
     except UnknownAdapter:
         raise model_not_found(model) from None
-    if record.base_model != settings.base_model_id:
-        raise APIError(
-            400,
-            f"adapter {model} was trained on base {record.base_model} but this server's base is "
-            f"{settings.base_model_id}: continue from an adapter of this base, or use model 'base'",
-            param="model",
-            code="base_model_mismatch",
-        )
-    if record.status == "retired":
-        raise APIError(400, f"adapter {model} is retired: its files were pruned", param="model", code="model_retired")
     return model
 
 
 def _check_file(runtime: ServingRuntime, file_id: str | None, param: str) -> None:
     if file_id is None:
         return
-    row = get_file_row(runtime, file_id)
+    row = files.find_file(runtime.store, file_id)
     if row is None:
-        raise APIError(
-            400, f"invalid {param}: no such file {file_id} (upload it with POST /v1/files)", param=param,
+        raise Invalid(
+            f"invalid {param}: no such file {file_id} (upload it with POST /v1/files)", param=param,
             code="file_not_found",
         )  # fmt: skip
     if row.purpose != "fine-tune":
-        raise APIError(
-            400, f"invalid {param}: {file_id} has purpose {row.purpose!r}, not 'fine-tune'", param=param,
+        raise Invalid(
+            f"invalid {param}: {file_id} has purpose {row.purpose!r}, not 'fine-tune'", param=param,
             code="invalid_file_purpose",
         )  # fmt: skip
 
@@ -242,15 +205,14 @@ def _config_param(error: ConfigError) -> str:
 def _create(runtime: ServingRuntime, body: JobCreateRequest) -> Job:
     method, given = _method_and_hyperparameters(body)
     if body.suffix is not None and not SUFFIX_RE.fullmatch(body.suffix):
-        raise APIError(
-            400,
+        raise Invalid(
             f"suffix {body.suffix!r} is invalid: use 1 to 40 characters of lowercase letters, digits and '-'",
             param="suffix",
             code="invalid_value",
         )
     if body.validation_file is not None and body.training_file is None:
-        raise APIError(
-            400, "validation_file goes with training_file (the store keeps its own held-out split)",
+        raise Invalid(
+            "validation_file goes with training_file (the store keeps its own held-out split)",
             param="validation_file", code="invalid_value",
         )  # fmt: skip
     model = _resolve_model(runtime, body.model)
@@ -271,17 +233,13 @@ def _create(runtime: ServingRuntime, body: JobCreateRequest) -> Job:
             seed=seed,
         )
     except ConfigError as error:
-        raise APIError(
-            400, f"invalid hyperparameters: {error}", param=_config_param(error), code="invalid_value"
-        ) from None
+        raise Invalid(f"invalid hyperparameters: {error}", param=_config_param(error), code="invalid_value") from None
     except ValueError as error:
-        raise APIError(400, str(error), code="invalid_value") from error
+        raise Invalid(str(error), code="invalid_value") from error
 
 
 @router.post("/v1/fine_tuning/jobs", response_model=FineTuningJob)
-async def create_job(
-    body: JobCreateRequest, _key: str | None = Depends(require_api_key), runtime: ServingRuntime = Depends(get_runtime)
-) -> FineTuningJob:
+async def create_job(body: JobCreateRequest, runtime: Runtime) -> FineTuningJob:
     job = await asyncio.to_thread(_create, runtime, body)
     return job_object(runtime, job)
 
@@ -290,18 +248,14 @@ async def create_job(
 
 
 def _job(runtime: ServingRuntime, job_id: str) -> Job:
-    try:
-        return jobs.get_job(runtime.store, job_id)
-    except LookupError as error:
-        raise APIError(404, str(error), param="fine_tuning_job_id", code="job_not_found") from None
+    return jobs.get_job(runtime.store, job_id)  # NotFound: job_not_found
 
 
 @router.get("/v1/fine_tuning/jobs", response_model=JobList)
 async def list_jobs(
+    runtime: Runtime,
     after: str | None = Query(None, description="List the jobs after this job id (newest first)."),
     limit: int = Query(20, ge=1, le=100),
-    _key: str | None = Depends(require_api_key),
-    runtime: ServingRuntime = Depends(get_runtime),
 ) -> JobList:
     if after is not None:
         await asyncio.to_thread(_job, runtime, after)  # an unknown cursor is a 404, not a silent first page
@@ -310,25 +264,22 @@ async def list_jobs(
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}", response_model=FineTuningJob)
-async def retrieve_job(
-    job_id: str, _key: str | None = Depends(require_api_key), runtime: ServingRuntime = Depends(get_runtime)
-) -> FineTuningJob:
+async def retrieve_job(job_id: str, runtime: Runtime) -> FineTuningJob:
     return job_object(runtime, await asyncio.to_thread(_job, runtime, job_id))
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/events", response_model=EventList)
 async def list_events(
+    runtime: Runtime,
     job_id: str,
     after: str | None = Query(None, description="List the events after this event id (newest first)."),
     limit: int = Query(20, ge=1, le=1000),
-    _key: str | None = Depends(require_api_key),
-    runtime: ServingRuntime = Depends(get_runtime),
 ) -> EventList:
     cursor = None
     if after is not None:
         number = after.removeprefix("ftevent-")
         if not number.isdigit():
-            raise APIError(400, f"after must be an event id (ftevent-N), got {after!r}", param="after")
+            raise Invalid(f"after must be an event id (ftevent-N), got {after!r}", param="after")
         cursor = int(number)
     await asyncio.to_thread(_job, runtime, job_id)
     rows, has_more = await asyncio.to_thread(jobs.list_events, runtime.store, job_id, after=cursor, limit=limit)
@@ -348,11 +299,10 @@ def _checkpoints(runtime: ServingRuntime, job_id: str) -> list[Checkpoint]:
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints", response_model=CheckpointList)
 async def list_checkpoints(
+    runtime: Runtime,
     job_id: str,
     after: str | None = Query(None, description="List the checkpoints after this checkpoint id."),
     limit: int = Query(10, ge=1, le=100),
-    _key: str | None = Depends(require_api_key),
-    runtime: ServingRuntime = Depends(get_runtime),
 ) -> CheckpointList:
     data = await asyncio.to_thread(_checkpoints, runtime, job_id)
     if after is not None:  # one checkpoint per job: the page after it is empty
@@ -364,18 +314,8 @@ async def list_checkpoints(
     )
 
 
-def _cancel(runtime: ServingRuntime, job_id: str) -> Job:
-    job = _job(runtime, job_id)
-    if job.status in ("succeeded", "failed"):
-        raise APIError(
-            400, f"job {job_id} has already {job.status}: there is nothing to cancel", code="job_already_finished"
-        )
-    return jobs.cancel_job(runtime.store, job_id)
-
-
 @router.post("/v1/fine_tuning/jobs/{job_id}/cancel", response_model=FineTuningJob)
-async def cancel_job(
-    job_id: str, _key: str | None = Depends(require_api_key), runtime: ServingRuntime = Depends(get_runtime)
-) -> FineTuningJob:
+async def cancel_job(job_id: str, runtime: Runtime) -> FineTuningJob:
     # a queued job is cancelled at once; a running one stops at its next training step
-    return job_object(runtime, await asyncio.to_thread(_cancel, runtime, job_id))
+    job, _ = await asyncio.to_thread(jobs.cancel_by_request, runtime.store, job_id)
+    return job_object(runtime, job)

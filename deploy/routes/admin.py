@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from deploy import promotion
 from deploy.status import status_object
-from serving.auth import require_admin
-from serving.errors import APIError
-from serving.runtime import ServingRuntime, get_runtime
+from serving.deps import NEEDS_ADMIN_KEY, Runtime
+from serving.runtime import ServingRuntime
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[NEEDS_ADMIN_KEY])
 ADAPTER_NAME = r"^(base|ft-\d{4,}(-[a-z0-9-]{1,40})?)$"
 
 
@@ -44,10 +43,8 @@ class ReasonBody(BaseModel):
 
 
 async def _store_call(function, *args, **kwargs):
-    try:
-        return await asyncio.to_thread(function, *args, **kwargs)
-    except promotion.PromotionError as error:
-        raise APIError(error.status, str(error), code=error.code) from error
+    """A promotion function off the event loop; its refusals (feedback/errors.py) answer in OpenAI's shape."""
+    return await asyncio.to_thread(function, *args, **kwargs)
 
 
 async def _switch(runtime: ServingRuntime, state: dict) -> dict:
@@ -75,12 +72,12 @@ async def _checked(runtime: ServingRuntime, body: PromoteBody) -> None:
 
 
 @router.get("/status")
-async def admin_status(runtime: ServingRuntime = Depends(get_runtime)) -> dict:
+async def admin_status(runtime: Runtime) -> dict:
     return await _status(runtime)
 
 
 @router.post("/promote")
-async def admin_promote(body: PromoteBody, runtime: ServingRuntime = Depends(get_runtime)) -> dict:
+async def admin_promote(runtime: Runtime, body: PromoteBody) -> dict:
     await _checked(runtime, body)
     state = await _store_call(
         promotion.promote, runtime.store, runtime.registry, body.adapter, force=body.force, reason=body.reason
@@ -89,14 +86,14 @@ async def admin_promote(body: PromoteBody, runtime: ServingRuntime = Depends(get
 
 
 @router.post("/rollback")
-async def admin_rollback(body: ReasonBody | None = None, runtime: ServingRuntime = Depends(get_runtime)) -> dict:
+async def admin_rollback(runtime: Runtime, body: ReasonBody | None = None) -> dict:
     reason = body.reason if body is not None else "manual"
     state = await _store_call(promotion.rollback, runtime.store, runtime.registry, reason=reason)
     return await _switch(runtime, state)
 
 
 @router.post("/canary")
-async def admin_canary(body: CanaryBody, runtime: ServingRuntime = Depends(get_runtime)) -> dict:
+async def admin_canary(runtime: Runtime, body: CanaryBody) -> dict:
     await _checked(runtime, body)
     state = await _store_call(
         promotion.start_canary, runtime.store, runtime.registry, body.adapter, body.fraction, force=body.force
@@ -105,6 +102,6 @@ async def admin_canary(body: CanaryBody, runtime: ServingRuntime = Depends(get_r
 
 
 @router.post("/canary/abort")
-async def admin_canary_abort(body: ReasonBody, runtime: ServingRuntime = Depends(get_runtime)) -> dict:
+async def admin_canary_abort(runtime: Runtime, body: ReasonBody) -> dict:
     state = await _store_call(promotion.abort_canary, runtime.store, runtime.registry, reason=body.reason)
     return await _switch(runtime, state)

@@ -1,0 +1,16 @@
+"""The HTTP routes the full app adds to serving's: OpenAI's files and fine-tuning API, and the admin routes.
+
+Routers are thin: they parse, call a domain function (retrain/files.py, retrain/jobs.py, deploy/promotion.py)
+and shape the answer; domain errors (feedback/errors.py) become OpenAI-shaped errors in serving/errors.py.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+
+def routers() -> list[APIRouter]:
+    """Every router of the full app, in mounting order (called inside each serving replica)."""
+    from deploy.routes import admin, files, fine_tuning
+
+    return [files.router, fine_tuning.router, admin.router]
