@@ -189,7 +189,8 @@ class ImprovementLoop:
         raise RuntimeError("no usable training data yet: no good answers, pairs or thumbs")
 
     def _train(self, method: str, *, parent: str) -> str:
-        from retrain.jobs import FINISHED, create_job, get_job
+        from feedback.models import JobStatus
+        from retrain.jobs import create_job, get_job
 
         job = create_job(
             self.store,
@@ -202,12 +203,12 @@ class ImprovementLoop:
         )
         self._save(job=job.id)
         deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
-        while job.status not in FINISHED:
+        while not JobStatus(job.status).finished:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"fine-tuning job {job.id} did not finish in {JOB_TIMEOUT_SECONDS:.0f} s")
             time.sleep(0.5)
             job = get_job(self.store, job.id)
-        if job.status != "succeeded":
+        if job.status != JobStatus.SUCCEEDED:
             reason = (job.error or {}).get("message", job.status)
             raise RuntimeError(f"fine-tuning job {job.id} {job.status}: {reason}")
         return job.fine_tuned_model

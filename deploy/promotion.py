@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from feedback.errors import Conflict, Invalid, NotFound
+from feedback.models import AdapterStatus
 from feedback.registry import AdapterRegistry, UnknownAdapter
 from feedback.store import FeedbackStore
 
@@ -33,9 +34,9 @@ def check_promotable(registry: AdapterRegistry, adapter: str, *, force: bool = F
         record = registry.get(adapter)
     except UnknownAdapter as error:
         raise NotFound(str(error), code="model_not_found", param="adapter") from error
-    if record.status == "retired":
+    if record.status == AdapterStatus.RETIRED:
         raise Conflict(f"adapter {adapter} is retired: its files were pruned; retrain it", code="adapter_retired")
-    if record.status == "rejected" and not force:
+    if record.status == AdapterStatus.REJECTED and not force:
         reasons = "; ".join((record.decision or {}).get("reasons", [])[:3]) or "see `ratchet adapters`"
         raise Conflict(
             f"adapter {adapter} was rejected ({reasons}): pass force to promote it anyway", code="adapter_rejected"
@@ -77,9 +78,9 @@ def promote(
         }
     )
     if old_previous not in (adapter, previous):
-        _set_status(registry, old_previous, "superseded")
-    _set_status(registry, previous, "previous")
-    _set_status(registry, adapter, "current")
+        _set_status(registry, old_previous, AdapterStatus.SUPERSEDED)
+    _set_status(registry, previous, AdapterStatus.PREVIOUS)
+    _set_status(registry, adapter, AdapterStatus.CURRENT)
     record_decision(store, {"action": "promote", "adapter": adapter, "from": old_current, "reason": reason})
     return store.routing_state()
 
@@ -92,8 +93,8 @@ def rollback(store: FeedbackStore, registry: AdapterRegistry, *, reason: str = "
     bad, back = state["current"], state["previous"]
     store.set_states({"current": {"adapter": back, "since": time.time()}, "previous": None})
     decision = {"action": "rollback", "adapter": bad, "to": back, "reason": reason}
-    _set_status(registry, bad, "rejected", {"verdict": "rollback", "reasons": [reason]})
-    _set_status(registry, back, "current")
+    _set_status(registry, bad, AdapterStatus.REJECTED, {"verdict": "rollback", "reasons": [reason]})
+    _set_status(registry, back, AdapterStatus.CURRENT)
     record_decision(store, decision)
     return store.routing_state()
 
@@ -111,7 +112,7 @@ def start_canary(
     if state["canary"] and state["canary"].get("adapter") not in (None, adapter):
         raise Conflict(f"{state['canary']['adapter']} is already in canary: end it first", code="canary_running")
     store.set_states({"canary": {"adapter": adapter, "fraction": fraction, "started": time.time()}})
-    _set_status(registry, adapter, "canary")
+    _set_status(registry, adapter, AdapterStatus.CANARY)
     record_decision(store, {"action": "canary", "adapter": adapter, "fraction": fraction})
     return store.routing_state()
 
@@ -122,7 +123,7 @@ def abort_canary(store: FeedbackStore, registry: AdapterRegistry, *, reason: str
     if not canary:
         raise Conflict("no canary is running", code="no_canary")
     store.set_states({"canary": None})
-    _set_status(registry, canary["adapter"], "rejected", {"verdict": "rollback", "reasons": [reason]})
+    _set_status(registry, canary["adapter"], AdapterStatus.REJECTED, {"verdict": "rollback", "reasons": [reason]})
     record_decision(store, {"action": "rollback", "adapter": canary["adapter"], "reason": reason})
     return store.routing_state()
 
@@ -135,9 +136,9 @@ def prune(store: FeedbackStore, registry: AdapterRegistry, *, keep: int) -> list
     protected |= {a.name for a in records[:keep]}
     pruned = []
     for record in records:
-        if record.name in protected or record.status == "retired":
+        if record.name in protected or record.status == AdapterStatus.RETIRED:
             continue
         shutil.rmtree(registry.resolve_path(record.name), ignore_errors=True)
-        registry.set_status(record.name, "retired")
+        registry.set_status(record.name, AdapterStatus.RETIRED)
         pruned.append(record.name)
     return pruned

@@ -18,7 +18,7 @@ from eval.judge import Judge, JudgeUnavailable, LLMJudge, RatingsJudge
 from eval.offline import Evaluation, evaluate, heldout_loss_of
 from eval.regression import load_suite
 from eval.report import write_report
-from feedback.models import Adapter, EvalRun, new_id
+from feedback.models import Adapter, AdapterStatus, EvalRun, new_id
 from feedback.registry import AdapterRegistry
 from feedback.store import FeedbackStore
 from ratchet.settings import Settings
@@ -46,7 +46,7 @@ def make_judge(settings: Settings, store: FeedbackStore) -> Judge:
     if settings.judge == "llm":
         if not (settings.judge_url and settings.judge_model):
             raise JudgeUnavailable("RATCHET_JUDGE=llm needs RATCHET_JUDGE_URL and RATCHET_JUDGE_MODEL")
-        return LLMJudge(settings.judge_url, settings.judge_model, settings.judge_api_key)
+        return LLMJudge(settings.judge_url, settings.judge_model, settings.judge_api_key.get_secret_value())
     return RatingsJudge.fit(store.engine)
 
 
@@ -93,7 +93,7 @@ def run_evaluation(
         )
     verdict = {**decision.as_dict(), "eval_id": eval_id, "baseline": baseline, "report": str(report)}
     if decision.verdict == "reject":
-        registry.set_status(candidate, "rejected", verdict)
+        registry.set_status(candidate, AdapterStatus.REJECTED, verdict)
     else:
         registry.set_status(candidate, record.status, verdict)
     with store.session() as session:  # the registry links each adapter to its latest report

@@ -10,10 +10,38 @@ from __future__ import annotations
 
 import time
 import uuid
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+
+class AdapterStatus(StrEnum):
+    """Where an adapter stands in the registry (stored as its plain string)."""
+
+    CANDIDATE = "candidate"  # trained, not yet judged
+    CURRENT = "current"  # served as "current"
+    PREVIOUS = "previous"  # what a rollback returns to
+    CANARY = "canary"  # served to a share of "current" traffic
+    REJECTED = "rejected"  # failed the gate or was rolled back
+    SUPERSEDED = "superseded"  # was previous, then pushed out by a newer promotion
+    RETIRED = "retired"  # files kept, never served again
+
+
+class JobStatus(StrEnum):
+    """A fine-tuning job's status, OpenAI's values (stored as its plain string)."""
+
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 def now() -> float:
@@ -107,7 +135,7 @@ class Adapter(SQLModel, table=True):
     base_model: str = Field(max_length=256)
     method: str = Field(max_length=16)  # sft / dpo / kto
     parent: str | None = Field(default=None, max_length=128)
-    status: str = Field(default="candidate", max_length=32, index=True)
+    status: str = Field(default=AdapterStatus.CANDIDATE, max_length=32, index=True)
     path: str = Field(max_length=1024)  # relative to <home>/adapters
     sha256: str = Field(default="", max_length=64)  # of adapter_model.safetensors
     files: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # file -> sha256
@@ -128,7 +156,7 @@ class Job(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)  # ftjob-…
     method: str = Field(max_length=16)
     model: str = Field(max_length=128)  # base or the adapter it continues from
-    status: str = Field(default="queued", max_length=32, index=True)
+    status: str = Field(default=JobStatus.QUEUED, max_length=32, index=True)
     training_file: str | None = Field(default=None, max_length=64)
     validation_file: str | None = Field(default=None, max_length=64)
     source: str = Field(default="store", max_length=16)  # store / file

@@ -33,10 +33,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from feedback.errors import Conflict, DomainError, Invalid, NotFound
-from feedback.models import Adapter
+from feedback.models import Adapter, AdapterStatus
 from feedback.store import FeedbackStore
 
-STATUSES = ("candidate", "current", "previous", "canary", "rejected", "superseded", "retired")
 WEIGHTS_FILE, CONFIG_FILE = "adapter_model.safetensors", "adapter_config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle")
 SUFFIX_RE = re.compile(r"[a-z0-9-]{1,40}")
@@ -124,7 +123,7 @@ class AdapterRegistry:
         data_snapshot: dict | None = None,
         metrics: dict | None = None,
         job_id: str | None = None,
-        status: str = "candidate",
+        status: str = AdapterStatus.CANDIDATE,
     ) -> Adapter:
         """Record the adapter in `path` (default `<root>/<name>`) under `name`, with every file's SHA-256."""
         match = NAME_RE.fullmatch(name)
@@ -185,7 +184,7 @@ class AdapterRegistry:
         """The record of an adapter this server can serve or continue from: UnknownAdapter when none is
         registered, AdapterNotUsable when its files were pruned or it was trained on another base model."""
         record = self.get(name)
-        if record.status == "retired":
+        if record.status == AdapterStatus.RETIRED:
             raise AdapterNotUsable(
                 f"adapter {name} is retired: its files were pruned; retrain it", code="adapter_retired"
             )
@@ -281,8 +280,8 @@ class AdapterRegistry:
 
 
 def _check_status(status: str) -> None:
-    if status not in STATUSES:
-        raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
+    if status not in set(AdapterStatus):  # a set: `str in EnumType` raises TypeError before Python 3.12
+        raise ValueError(f"status {status!r} is not one of {', '.join(AdapterStatus)}")
 
 
 def _iso_utc(seconds: float) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEMO_MODEL_NAME = "demo-tiny-v1"
@@ -101,9 +101,8 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         True, description="Log one line per HTTP request from each replica (Ray Serve's access log)."
     )
-    api_keys: str = Field(
-        "",
-        repr=False,
+    api_keys: SecretStr = Field(
+        SecretStr(""),
         description="Comma-separated API keys to seed the key table with (chat, feedback, files, fine-tuning).",
     )
     feedback_rate_per_minute: int = Field(
@@ -126,7 +125,7 @@ class Settings(BaseSettings):
     )
     judge_url: str = Field("", description="LLM judge: base URL of an OpenAI-compatible API (e.g. http://host/v1).")
     judge_model: str = Field("", description="LLM judge: the model name to ask.")
-    judge_api_key: str = Field("", repr=False, description="LLM judge: its API key (never logged).")
+    judge_api_key: SecretStr = Field(SecretStr(""), description="LLM judge: its API key (never logged).")
     eval_prompts: int = Field(40, ge=1, description="Most prompts an offline evaluation samples answers for.")
     eval_samples: int = Field(2, ge=1, le=8, description="Sampled answers per prompt and model for the win-rate.")
     eval_temperature: float = Field(1.0, ge=0, le=2, description="Temperature of the win-rate samples.")
@@ -228,7 +227,7 @@ class Settings(BaseSettings):
 
     @property
     def seed_api_keys(self) -> list[str]:
-        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        return [k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip()]
 
     def with_home(self, home: Path | None) -> Settings:
         """A copy whose workspace is `home` (the CLI's --home), or this object when home is None."""

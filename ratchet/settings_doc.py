@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
 from ratchet.settings import Settings
@@ -22,8 +23,8 @@ HEADER = """\
 
 ratchet has one settings object, `ratchet.settings.Settings` (pydantic-settings). Every field has a default and
 an environment variable `RATCHET_<FIELD>`; `--home DIR` on any command overrides `RATCHET_HOME`. Keys
-(`RATCHET_API_KEYS`, `RATCHET_JUDGE_API_KEY`) are secrets: never logged, never shown in `repr`, and left out of
-what Ray Serve's controller records.
+(`RATCHET_API_KEYS`, `RATCHET_JUDGE_API_KEY`) are secrets (pydantic `SecretStr`): never logged, never shown in
+`repr`, and left out of what Ray Serve's controller records.
 
 The workspace (`RATCHET_HOME`, default `./.ratchet`) holds everything a run produces:
 
@@ -41,6 +42,8 @@ The workspace (`RATCHET_HOME`, default `./.ratchet`) holds everything a run prod
 
 def _default(field: FieldInfo) -> str:
     value = field.get_default(call_default_factory=True)
+    if isinstance(value, SecretStr):  # a secret's default is shown only when there is none
+        return "(empty)" if not value.get_secret_value() else "(secret)"
     if isinstance(value, Path):
         return f"`{value}`"
     if value == "":

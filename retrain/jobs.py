@@ -33,14 +33,13 @@ from typing import Any
 from sqlalchemy import select
 
 from feedback.errors import Invalid, NotFound
-from feedback.models import File, Job, JobEvent, new_id, now
+from feedback.models import AdapterStatus, File, Job, JobEvent, JobStatus, new_id, now
 from feedback.store import FeedbackStore
 from ratchet.settings import Settings
 from retrain.finetune import DataError, TrainingData, data_from_file, data_from_store
 from retrain.hyperparams import METHODS, ConfigError, Resources, TrainConfig
 
-STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
-FINISHED = ("succeeded", "failed", "cancelled")
+UNFINISHED = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING)
 DEFAULT_RESOURCES = Resources(device="auto", torch_threads=1, nice=10, num_cpus=1)
 CANCEL_GRACE_SECONDS = 30.0  # a cancelled task stops at its next step; after this it is killed
 
@@ -72,7 +71,7 @@ def create_job(
         id=new_id("ftjob"),
         method=method,
         model=model,
-        status="validating_files",
+        status=JobStatus.VALIDATING_FILES,
         training_file=training_file,
         validation_file=validation_file,
         source="file" if training_file else "store",
@@ -92,10 +91,13 @@ def create_job(
         data = load_job_data(store, settings, job)
     except (DataError, LookupError) as error:
         return finish(
-            store, job.id, "failed", error={"code": "invalid_training_data", "message": _public(error, settings)}
+            store,
+            job.id,
+            JobStatus.FAILED,
+            error={"code": "invalid_training_data", "message": _public(error, settings)},
         )
     add_event(store, job.id, f"Data validated: {len(data.train)} training row(s), {len(data.heldout)} held out")
-    return set_status(store, job.id, "queued", "Job queued")
+    return set_status(store, job.id, JobStatus.QUEUED, "Job queued")
 
 
 def _public(error: Exception, settings: Settings) -> str:
@@ -178,22 +180,24 @@ def set_status(
         job.status = status
         for key, value in fields.items():
             setattr(job, key, value)
-        session.add(JobEvent(job_id=job_id, message=message, level="error" if status == "failed" else "info"))
+        session.add(JobEvent(job_id=job_id, message=message, level="error" if status == JobStatus.FAILED else "info"))
         return job
 
 
 def finish(store: FeedbackStore, job_id: str, status: str, *, error: dict | None = None, **fields) -> Job:
     """Mark a job succeeded, failed (with `error`) or cancelled, unless it already finished."""
-    message = {"succeeded": "The job has successfully completed", "cancelled": "Job cancelled"}.get(status, "")
+    message = {JobStatus.SUCCEEDED: "The job has successfully completed", JobStatus.CANCELLED: "Job cancelled"}.get(
+        status, ""
+    )
     if error is not None:
         error = {"param": None, **error}
         message = f"Job failed: {error['message']}"
-    return set_status(store, job_id, status, message, only_from=STATUSES[:3], error=error, finished=now(), **fields)
+    return set_status(store, job_id, status, message, only_from=UNFINISHED, error=error, finished=now(), **fields)
 
 
 def cancel_job(store: FeedbackStore, job_id: str) -> Job:
     """Cancel a job that has not finished (a finished one is returned unchanged)."""
-    return finish(store, job_id, "cancelled")
+    return finish(store, job_id, JobStatus.CANCELLED)
 
 
 def cancel_by_request(store: FeedbackStore, job_id: str) -> tuple[Job, str]:
@@ -201,7 +205,7 @@ def cancel_by_request(store: FeedbackStore, job_id: str) -> tuple[Job, str]:
     once, a running one at its next training step; a finished one is Invalid (OpenAI answers 400).
     Returns (job, the status it had)."""
     job = get_job(store, job_id)
-    if job.status in ("succeeded", "failed"):
+    if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         message = f"job {job_id} has already {job.status}: there is nothing to cancel"
         raise Invalid(message, code="job_already_finished")
     return cancel_job(store, job_id), job.status
@@ -212,14 +216,16 @@ def recover_interrupted(store: FeedbackStore, settings: Settings) -> list[str]:
     from feedback.registry import AdapterRegistry
 
     with store.session() as session:
-        stuck = list(session.scalars(select(Job.id).where(Job.status.in_(("validating_files", "running")))))
+        stuck = list(
+            session.scalars(select(Job.id).where(Job.status.in_((JobStatus.VALIDATING_FILES, JobStatus.RUNNING))))
+        )
     registry = AdapterRegistry(store, settings.adapters_dir)
     for job_id in stuck:
         reserved = _reserved_adapter(store, job_id)
         if reserved and _unregistered(registry, reserved):
             shutil.rmtree(settings.adapters_dir / reserved, ignore_errors=True)
         message = "the service restarted while this job was running: nothing was registered; create the job again"
-        finish(store, job_id, "failed", error={"code": "interrupted", "message": message})
+        finish(store, job_id, JobStatus.FAILED, error={"code": "interrupted", "message": message})
     return stuck
 
 
@@ -260,7 +266,7 @@ def run_job(settings: Settings, job_id: str, resources: Resources) -> dict[str, 
             add_event(
                 store, job_id, f"Step {row['step']}: {row['split']} loss {row.get('loss')}", type="metrics", data=row
             )
-            if get_job(store, job_id).status == "cancelled":
+            if get_job(store, job_id).status == JobStatus.CANCELLED:
                 raise JobCancelled(job_id)
 
         parent = None if job.model in ("base", "", None) else job.model
@@ -333,12 +339,19 @@ class JobRunner:
     def run_once(self) -> str | None:
         """Run the oldest queued job to its end; returns its id, or None when none was queued."""
         with self.store.session() as session:
-            query = select(Job.id).where(Job.status == "queued").order_by(Job.created, Job.id)
+            query = select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.created, Job.id)
             job_id = session.scalars(query).first()
         if job_id is None:
             return None
-        job = set_status(self.store, job_id, "running", "Fine-tuning job started", only_from=("queued",), started=now())
-        if job.status != "running":  # cancelled between the query and now
+        job = set_status(
+            self.store,
+            job_id,
+            JobStatus.RUNNING,
+            "Fine-tuning job started",
+            only_from=(JobStatus.QUEUED,),
+            started=now(),
+        )
+        if job.status != JobStatus.RUNNING:  # cancelled between the query and now
             return job_id
         self._supervise(job_id)
         return job_id
@@ -349,7 +362,9 @@ class JobRunner:
         ref = _remote_run_job(self.resources).remote(self.settings, job_id, self.resources)
         cancelled_at: float | None = None
         while not ray.wait([ref], timeout=self.poll_seconds)[0]:
-            if cancelled_at is None and (self._stop.is_set() or get_job(self.store, job_id).status == "cancelled"):
+            if cancelled_at is None and (
+                self._stop.is_set() or get_job(self.store, job_id).status == JobStatus.CANCELLED
+            ):
                 cancelled_at = time.monotonic()
             if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_GRACE_SECONDS:
                 ray.cancel(ref, force=True)  # stuck outside the training loop: kill the worker
@@ -359,31 +374,33 @@ class JobRunner:
             self._failed(job_id, error)
             return
         if outcome.get("cancelled"):
-            finish(self.store, job_id, "cancelled")
+            finish(self.store, job_id, JobStatus.CANCELLED)
             return
         job = finish(
             self.store,
             job_id,
-            "succeeded",
+            JobStatus.SUCCEEDED,
             fine_tuned_model=outcome["adapter"],
             trained_tokens=outcome["trained_tokens"],
             hyperparameters={k: v for k, v in outcome["hyperparameters"].items() if k != "method"},
         )
-        if job.status != "succeeded":  # cancelled while it registered: the adapter must not be served
+        if job.status != JobStatus.SUCCEEDED:  # cancelled while it registered: the adapter must not be served
             from feedback.registry import AdapterRegistry
 
-            AdapterRegistry(self.store, self.settings.adapters_dir).set_status(outcome["adapter"], "retired")
+            AdapterRegistry(self.store, self.settings.adapters_dir).set_status(
+                outcome["adapter"], AdapterStatus.RETIRED
+            )
 
     def _failed(self, job_id: str, error: Exception) -> None:
         import ray.exceptions
 
         cause = error.cause if isinstance(error, ray.exceptions.RayTaskError) else error
         if isinstance(cause, ray.exceptions.TaskCancelledError):
-            finish(self.store, job_id, "cancelled")
+            finish(self.store, job_id, JobStatus.CANCELLED)
             return
         if isinstance(cause, ray.exceptions.WorkerCrashedError | ray.exceptions.OutOfMemoryError):
             reason = f"the training process died ({type(cause).__name__}): try a smaller batch_size or max_length"
         else:
             reason = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
         code = "invalid_training_data" if isinstance(cause, DataError | ConfigError) else "training_failed"
-        finish(self.store, job_id, "failed", error={"code": code, "message": reason})
+        finish(self.store, job_id, JobStatus.FAILED, error={"code": code, "message": reason})

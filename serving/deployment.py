@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import SecretStr
 from ray import serve
 
 from ratchet.settings import Settings
@@ -39,7 +40,6 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
 # waits this long for HAProxy to stop sending it requests (Ray's default, 30 s, is for external balancers).
 HAPROXY_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
 HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")
-SECRET_SETTINGS = {"api_keys", "judge_api_key"}
 GIL_SWITCH_SECONDS = 0.0005  # see RatchetServer.__init__
 
 
@@ -100,7 +100,7 @@ def settings_payload(settings: Settings) -> dict[str, Any]:
     # Secrets stay out: the config is logged by Serve's controller, kept in Ray's GCS and shown by
     # `serve status`. Replicas need no keys; a database URL with a password they read from the environment
     # they inherit (RATCHET_DATABASE_URL) when it came from there.
-    exclude = set(SECRET_SETTINGS)
+    exclude = {name for name, field in Settings.model_fields.items() if field.annotation is SecretStr}
     if _has_password(settings.database_url) and os.environ.get("RATCHET_DATABASE_URL") == settings.database_url:
         exclude.add("database_url")
     payload = settings.model_dump(mode="json", exclude=exclude)

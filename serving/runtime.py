@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from feedback.errors import Busy, Conflict, DomainError, Overloaded
+from feedback.models import AdapterStatus
 from feedback.registry import AdapterRegistry
 from feedback.store import FeedbackStore
 from feedback.writer import CompletionLogWriter
@@ -214,7 +215,8 @@ class ServingRuntime:
         return [
             a
             for a in self.registry.list()
-            if a.status not in ("retired", "rejected") and a.base_model == self.settings.base_model_id
+            if a.status not in (AdapterStatus.RETIRED, AdapterStatus.REJECTED)
+            and a.base_model == self.settings.base_model_id
         ]
 
     # -- admission -----------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from deploy.routes.protocol import (
     MethodHyperparameters,
 )
 from feedback.errors import Invalid
-from feedback.models import Job, JobEvent
+from feedback.models import Job, JobEvent, JobStatus
 from feedback.registry import SUFFIX_RE, UnknownAdapter
 from retrain import files, jobs
 from retrain.hyperparams import ConfigError, base_learning_rate
@@ -288,7 +288,7 @@ async def list_events(
 
 def _checkpoints(runtime: ServingRuntime, job_id: str) -> list[Checkpoint]:
     job = _job(runtime, job_id)
-    if job.status != "succeeded" or not job.fine_tuned_model:
+    if job.status != JobStatus.SUCCEEDED or not job.fine_tuned_model:
         return []
     try:
         adapter = runtime.registry.get(job.fine_tuned_model)

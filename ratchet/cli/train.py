@@ -145,6 +145,7 @@ def train_cancel(
 ) -> None:
     """Cancel a fine-tuning job: a queued one at once, a running one at its next training step."""
     from feedback.errors import Invalid
+    from feedback.models import JobStatus
     from retrain.jobs import cancel_by_request
 
     with workspace(home) as (_, store):
@@ -152,6 +153,6 @@ def train_cancel(
             job, was = cancel_by_request(store, job_id)  # NotFound (a LookupError) names the unknown id
         except Invalid as error:
             raise CliError(str(error)) from None
-    note = " (it stops at its next training step)" if was == "running" else ""
+    note = " (it stops at its next training step)" if was == JobStatus.RUNNING else ""
     err.print(f"{job.id}: {job.status}{note}")
     print(job.id)

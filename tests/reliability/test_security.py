@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
-from conftest import register_test_adapter
 from fastapi.testclient import TestClient
 
 from feedback.models import Completion
@@ -26,6 +25,8 @@ from ratchet.settings import Settings
 from serving import auth
 from serving import runtime as runtime_module
 from serving.ratelimit import FeedbackRateLimiter, TokenBuckets
+
+from helpers import register_test_adapter
 
 PER_USER, PER_KEY = 3, 5  # this app's feedback limits a minute (the defaults are 120 and 6000)
 ERROR_FIELDS = {"message", "type", "param", "code"}
@@ -304,7 +305,7 @@ def test_no_key_reaches_the_logs_or_an_error_body(local, caplog):
         key_id, key = store.add_api_key("log-test")
     _reset_auth_caches()
     wrong = "sk-wrong-" + uuid.uuid4().hex
-    secrets = [key, wrong, local.runtime.admin_key, local.settings.judge_api_key]
+    secrets = [key, wrong, local.runtime.admin_key, local.settings.judge_api_key.get_secret_value()]
     bodies = []
     try:
         with caplog.at_level(logging.DEBUG):
@@ -335,7 +336,7 @@ def test_no_key_reaches_the_logs_or_an_error_body(local, caplog):
     from serving.deployment import serve_config
 
     config = json.dumps(serve_config(local.settings))  # stored in Ray's GCS, shown by `serve status`
-    assert local.settings.judge_api_key not in config
+    assert local.settings.judge_api_key.get_secret_value() not in config
 
 
 # -- remote code ------------------------------------------------------------------------------------
