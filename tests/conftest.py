@@ -19,7 +19,8 @@ import pytest
 import sqlalchemy as sa
 
 from feedback.db import migrate
-from serving.deployment import free_port  # noqa: F401 (test_server_kill imports it from here)
+
+from helpers import free_port, make_lora_adapter, register_test_adapter
 
 POSTGRES_ADMIN_URL = os.environ.get("RATCHET_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -112,20 +113,6 @@ def demo_model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     return model_dir
 
 
-def make_lora_adapter(base_dir: Path, out_dir: Path, *, seed: int = 1, r: int = 8, **lora_kwargs) -> Path:
-    """A LoRA adapter with random (non-zero) A and B: it answers differently from the base model."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    lora_kwargs = {"target_modules": "all-linear", **lora_kwargs}
-    config = LoraConfig(r=r, lora_alpha=2 * r, init_lora_weights=False, **lora_kwargs)
-    get_peft_model(base, config).save_pretrained(out_dir)
-    return out_dir
-
-
 @pytest.fixture(scope="session")
 def make_adapter(demo_model_dir: Path):
     """`make_adapter(out_dir, seed=..., r=8, base_dir=demo, **LoraConfig kwargs)`: a LoRA adapter with random
@@ -167,20 +154,6 @@ def reference_logprobs(demo_model_dir: Path, lora_adapters: dict[str, Path]):
         return torch.log_softmax(logits[0, len(prompt) - 1 : -1].float(), dim=-1)
 
     return logprobs
-
-
-def register_test_adapter(settings, *, seed: int = 1) -> str:
-    from feedback.registry import AdapterRegistry
-    from feedback.store import FeedbackStore
-
-    with FeedbackStore(settings.store_url) as store:
-        registry = AdapterRegistry(store, settings.adapters_dir)
-        _, name = registry.next_name("test")
-        make_lora_adapter(Path(settings.base_model_path), settings.adapters_dir / name, seed=seed)
-        registry.register(
-            name, method="sft", base_model=settings.base_model_id, parent=None, path=settings.adapters_dir / name
-        )
-    return name
 
 
 @dataclass

@@ -171,9 +171,9 @@ def test_chat_answers_in_process_with_the_demo_model(workspace):
 
 
 def test_promote_and_rollback_without_a_server_change_the_stored_state(workspace):
-    from conftest import register_test_adapter
-
     from ratchet.settings import Settings
+
+    from helpers import register_test_adapter
 
     home, env = workspace
     name = register_test_adapter(Settings(home=home, base_model=env["RATCHET_BASE_MODEL"]))

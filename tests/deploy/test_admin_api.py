@@ -10,8 +10,9 @@ import time
 
 import httpx
 import pytest
-from conftest import register_test_adapter
 from openai import OpenAI
+
+from helpers import register_test_adapter
 
 pytestmark = [pytest.mark.e2e]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import register_test_adapter
 from openai import OpenAI
 from scipy import stats
 
@@ -18,6 +17,8 @@ from eval.simulated_users import SimulatedUsers
 from feedback.registry import AdapterRegistry
 from feedback.store import FeedbackStore
 from retrain.demo import corpus
+
+from helpers import register_test_adapter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_lora_adapter, register_test_adapter
 
 from deploy import promotion
 from deploy.canary import arm_counts, decide
@@ -17,6 +16,8 @@ from feedback.models import Completion
 from feedback.registry import AdapterRegistry
 from feedback.store import FeedbackStore
 from ratchet.settings import Settings
+
+from helpers import make_lora_adapter, register_test_adapter
 
 
 @pytest.fixture

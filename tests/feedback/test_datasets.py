@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from feedback.datasets import build_dpo, build_kto, build_sft, prompt_of, scrub_text, to_trl_dpo
+from feedback.datasets import build_dpo, build_kto, build_sft, prompt_of, to_trl_dpo
 from feedback.db import make_engine, new_session
 from feedback.formats import canonical_line
 from feedback.ingest import import_jsonl
 from feedback.models import Comparison, Completion, Rating, new_id
+from feedback.pii import scrub_text
 
 
 class Feedback:

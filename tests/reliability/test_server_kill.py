@@ -37,11 +37,12 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import free_port
 from sqlalchemy import func, select
 
 from feedback.models import Comparison, Completion, Rating
 from feedback.store import FeedbackStore
+
+from helpers import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(400)]
 
