@@ -78,10 +78,6 @@ class RunLog:
         self._file.flush()
 
     @property
-    def csv_path(self) -> Path:
-        return self.dir / METRICS_FILE
-
-    @property
     def plot_path(self) -> Path:
         return self.dir / PLOT_FILE
 
