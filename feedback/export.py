@@ -6,7 +6,7 @@ come first, exactly as stored (canonical form), in import order; then the rows d
 corrections and comparisons (`feedback.datasets`), in the order they arrived. Duplicates are written
 once. Nothing is capped or split: this is the store's content, not a training set.
 
-With `scrub` (the default) PII is replaced in every row (`feedback.datasets.scrub_text`). Scrubbing
+With `scrub` (the default) PII is replaced in every row (`feedback.pii.scrub_text`). Scrubbing
 changes only text that holds an email, phone number or key-like string, so a clean imported file
 exports byte for byte as it was imported (in canonical form, minus duplicates); `scrub=False` exports
 raw text, for an operator who needs it.
