@@ -7,8 +7,8 @@ For each model and each row count (running sequences), the milliseconds of one d
 one new token per row over a KV cache of --context positions, float32, --threads torch threads) for:
 
 - `transformers`  DynamicCache (concatenates the whole cache every step) and plain `nn.Linear`
-- `slab`          the engine's in-place cache (`serving.engines.hf_batch.SlabLayer`)
-- `slab+packed`   that, plus MKL-packed weights (`serving.engines.packed_linear`) for --pack-rows rows
+- `slab`          the engine's in-place cache (`serving.engines.hf.batch.SlabLayer`)
+- `slab+packed`   that, plus MKL-packed weights (`serving.engines.hf.packed_linear`) for --pack-rows rows
 
 Variants are interleaved, repeated --repeats times, and the best time of each is kept. The ratios
 (transformers / variant) are what to read: they are measured in the same run. Row 1 is what the naive
@@ -37,7 +37,7 @@ def load(model_dir: Path, variant: str, pack_rows: int) -> tuple:
     """The model, and how many of its Linear layers were packed (as the engine packs: where it is faster)."""
     from transformers import AutoModelForCausalLM
 
-    from serving.engines.packed_linear import pack_linears
+    from serving.engines.hf.packed_linear import pack_linears
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     packed = pack_linears(model, pack_rows) if variant == "slab+packed" else 0
@@ -47,7 +47,7 @@ def load(model_dir: Path, variant: str, pack_rows: int) -> tuple:
 def step_ms(model, variant: str, rows: int, context: int, steps: int) -> float:
     from transformers import DynamicCache
 
-    from serving.engines.hf_batch import new_cache
+    from serving.engines.hf.batch import new_cache
 
     cache = DynamicCache() if variant == "transformers" else new_cache()
     with torch.inference_mode():

@@ -30,7 +30,7 @@ def create_engine(settings: Settings) -> Engine:
 
         return VLLMEngine.from_settings(settings)
     if settings.engine_process:
-        from serving.engines.hf_process import HFEngineProcess
+        from serving.engines.hf.process import HFEngineProcess
 
         return HFEngineProcess.from_settings(settings)
     from serving.engines.hf import HFEngine

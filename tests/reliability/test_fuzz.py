@@ -117,7 +117,7 @@ def test_extreme_sampling_parameters_sample_the_top_token(temperature, top_p):
     import torch
 
     from serving.engine import SamplingParams
-    from serving.engines.hf_batch import sample
+    from serving.engines.hf.batch import sample
 
     logits = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
     params = SamplingParams(max_tokens=1, temperature=temperature, top_p=top_p)

@@ -366,7 +366,7 @@ def test_model_code_runs_only_with_trust_remote_code(demo_model_dir, tmp_path, m
     assert Settings().trust_remote_code is False
     engine = HFEngine.from_settings(Settings(base_model=str(model), torch_threads=1))
     asyncio.run(engine.shutdown())
-    assert type(engine._base).__name__ == "LlamaForCausalLM" and not marker.exists()
+    assert type(engine._model.base).__name__ == "LlamaForCausalLM" and not marker.exists()
     trusted = HFEngine(str(model), torch_threads=1, trust_remote_code=True)
     asyncio.run(trusted.shutdown())
-    assert type(trusted._base).__name__ == "ShippedModel" and marker.read_text() == "ran"
+    assert type(trusted._model.base).__name__ == "ShippedModel" and marker.read_text() == "ran"

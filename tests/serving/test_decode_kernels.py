@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from serving.engines.hf_batch import SPARE_COLUMNS, KVBatch, new_cache
-from serving.engines.packed_linear import PackedLinear, can_pack, pack_linears
+from serving.engines.hf.batch import SPARE_COLUMNS, KVBatch, new_cache
+from serving.engines.hf.packed_linear import PackedLinear, can_pack, pack_linears
 
 needs_mkl = pytest.mark.skipif(
     can_pack(torch.nn.Linear(2, 2)) is not None, reason=f"no packed GEMM here: {can_pack(torch.nn.Linear(2, 2))}"

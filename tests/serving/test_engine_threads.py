@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
-from serving.engines.threads import MARGIN, _stepper, candidates, fewest_within, pick_threads
+from serving.engines.hf.threads import MARGIN, _stepper, candidates, fewest_within, pick_threads
 
 
 def test_candidates_are_powers_of_two_up_to_the_cpus():

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 
 from serving.engine import AdapterLoadError, AdapterNotLoadedError, GenerationRequest, SamplingParams
 from serving.engines.hf import HFEngine
-from serving.engines.hf_process import HFEngineProcess
+from serving.engines.hf.process import HFEngineProcess
 
 pytestmark = pytest.mark.slow
 
@@ -172,7 +172,7 @@ def test_the_engine_process_exits_when_its_parent_is_killed(demo_model_dir, tmp_
     script = textwrap.dedent(
         f"""
         import asyncio, sys, time
-        from serving.engines.hf_process import HFEngineProcess
+        from serving.engines.hf.process import HFEngineProcess
         engine = HFEngineProcess({options(demo_model_dir)!r})
         asyncio.run(engine.start())
         print(engine._process.pid, flush=True)

@@ -3,6 +3,8 @@ from tuples.
 
 - `Load` / `Unload` are the adapter operations, the same in the decode thread's queue and over the engine
   process's socket.
+- The decode thread's queue (`Command`): `Add` (a checked request), `Abort`, `Pending` (an adapter
+  operation with the future its caller waits on), `Stop`.
 - Parent to engine process: `Submit`, `Abort`, `Call` (an adapter operation with the id its answer
   carries), `Stop`.
 - Engine process to parent: `Ready` once (or `Failed`), then `Outputs` once per decode-loop iteration
@@ -11,9 +13,11 @@ from tuples.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from serving.engine import GenerationOutput, GenerationRequest
+from serving.engines.hf.sequence import Sequence
 
 
 @dataclass(frozen=True)
@@ -72,3 +76,17 @@ class Done:
     call_id: int
     error: BaseException | None
     adapters: tuple[str, ...]  # what the engine serves after the call
+
+
+@dataclass(frozen=True)
+class Add:
+    seq: Sequence
+
+
+@dataclass(frozen=True)
+class Pending:
+    op: AdapterOp
+    future: Future  # resolved by the decode loop once the operation is done
+
+
+Command = Add | Abort | Pending | Stop

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from transformers.cache_utils import Cache
 
-from serving.engines.hf_batch import new_cache
+from serving.engines.hf.batch import new_cache
 
 MARGIN = 1.25  # an extra thread must make a step at least 25 % faster
 COMPUTE_BOUND_S = 0.25  # a step this slow on every thread has plenty to split: no need to time fewer

@@ -6,10 +6,10 @@ Python, the served path fell well short of the engine's own tokens/s (docs/bench
 API server from its engine core for the same reason. Here the child runs an `HFEngine` unchanged; this class is the
 `Engine` the replica talks to.
 
-- The child is `python -m serving.engines.hf_process FD`, with one end of a socket pair as FD (a
+- The child is `python -m serving.engines.hf.process FD`, with one end of a socket pair as FD (a
   `multiprocessing.connection.Connection`, pickled messages). Not `multiprocessing`'s spawn: that re-imports
   the parent's `__main__`, which in a Ray worker is Ray's own worker script.
-- The messages are the typed ones of `serving.engines.messages`. Parent to child: the engine's options
+- The messages are the typed ones of `serving.engines.hf.messages`. Parent to child: the engine's options
   once, then `Submit`, `Abort`, `Call` (a `Load` or `Unload` with an id) and `Stop`. Child to parent:
   `Ready` (or `Failed`) once, then `Outputs` once per decode-loop iteration (every request's delta of that
   step in one message) and `Done` for each `Call`.
@@ -39,8 +39,8 @@ from typing import Any
 
 from ratchet.settings import Settings
 from serving.engine import AdapterNotLoadedError, GenerationOutput, GenerationRequest
-from serving.engines.hf_batch import hand_over, read_outputs
-from serving.engines.messages import (
+from serving.engines.hf.batch import hand_over, read_outputs
+from serving.engines.hf.messages import (
     Abort,
     AdapterOp,
     Call,
@@ -66,7 +66,7 @@ class HFEngineProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         fd = child_end.fileno()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "serving.engines.hf_process", str(fd)], pass_fds=[fd], env=env
+            [sys.executable, "-m", "serving.engines.hf.process", str(fd)], pass_fds=[fd], env=env
         )
         child_end.close()
         self._send_lock = threading.Lock()

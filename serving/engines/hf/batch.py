@@ -1,7 +1,6 @@
-"""The bookkeeping behind HFEngine's continuous batching: per-request state, the batched KV cache, sampling.
+"""The bookkeeping behind HFEngine's continuous batching: the batched KV cache, sampling, delivering outputs.
+Each row is a `Sequence` (sequence.py).
 
-- `Sequence`: one request in flight (its output tokens, detokenizer, stop matcher, random generator, and
-  the caller's event loop and queue its outputs go to).
 - `KVBatch`: the running sequences and their KV cache, left-padded to one length. Rows join (`extend`,
   after their prefill) and leave (`keep`) between decode steps; columns that are padding in every row are
   dropped so the cache does not grow with sequences that have left.
@@ -20,17 +19,14 @@ out of attention, positions count real tokens only (not padding), and every samp
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from serving.detokenize import IncrementalDetokenizer, StopStringMatcher
-from serving.engine import FinishReason, GenerationOutput, GenerationRequest, TokenLogprob
-from serving.engines.grammar import JsonConstraint
+from serving.engine import GenerationOutput, TokenLogprob
+from serving.engines.hf.sequence import Sequence
 
 MIN_TEMPERATURE = 1e-4  # sampling at a lower temperature is greedy in all but name (float32 logits)
 SPARE_COLUMNS = 64  # a slab grows by this many positions (plus a quarter of its length) when it is full
@@ -66,50 +62,6 @@ class SlabLayer(DynamicLayer):
 
 def new_cache() -> Cache:
     return Cache(layer_class_to_replicate=SlabLayer)
-
-
-@dataclass(eq=False)
-class Sequence:
-    request: GenerationRequest
-    loop: asyncio.AbstractEventLoop  # the consumer's event loop, and its queue of outputs
-    outputs: asyncio.Queue
-    max_tokens: int  # max_tokens, capped by the context length
-    detokenizer: IncrementalDetokenizer
-    stops: StopStringMatcher
-    generator: torch.Generator | None  # None for greedy requests
-    constraint: JsonConstraint | None = None  # JSON mode
-    output_ids: list[int] = field(default_factory=list)
-    finish_reason: FinishReason | None = None
-    held: tuple[list[int], list[str], list[TokenLogprob]] = field(default_factory=lambda: ([], [], []))  # not sent yet
-
-    @classmethod
-    def start(
-        cls, request: GenerationRequest, tokenizer: Any, context_length: int, loop, outputs, constraint=None
-    ) -> Sequence:
-        """Check the request and set up its state; outputs go to `outputs`, an asyncio.Queue of `loop`."""
-        params, n_prompt = request.params, len(request.prompt_ids)
-        if n_prompt == 0 or n_prompt >= context_length:
-            raise ValueError(f"the prompt has {n_prompt} tokens; this model takes 1 to {context_length - 1}")
-        if params.max_tokens < 1 or params.temperature < 0 or not 0 < params.top_p <= 1:
-            raise ValueError("max_tokens must be >= 1, temperature >= 0 and top_p in (0, 1]")
-        generator = None
-        if params.temperature > 0:
-            seed = params.seed % 2**63 if params.seed is not None else secrets.randbits(63)
-            generator = torch.Generator().manual_seed(seed)
-        return cls(
-            request=request,
-            loop=loop,
-            outputs=outputs,
-            max_tokens=min(params.max_tokens, context_length - n_prompt),
-            detokenizer=IncrementalDetokenizer(tokenizer, request.prompt_ids),
-            stops=StopStringMatcher(params.stop),
-            generator=generator,
-            constraint=constraint,
-        )
-
-    @property
-    def adapter_name(self) -> str:
-        return self.request.adapter or "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
 
 class KVBatch:
