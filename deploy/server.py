@@ -49,7 +49,7 @@ def _start_job_runner(settings: Settings) -> None:
     global _runner
     from pathlib import Path
 
-    from retrain.jobs import JobRunner
+    from retrain.job_runner import JobRunner
 
     if _runner is None:
         # an absolute workspace: the Ray workers that train need not share this process's cwd

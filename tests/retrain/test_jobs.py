@@ -196,7 +196,8 @@ def test_job_runner_trains_queued_jobs_as_ray_tasks_and_records_how_they_end(job
     from feedback.models import File
     from feedback.registry import AdapterRegistry
     from retrain.hyperparams import Resources
-    from retrain.jobs import JobRunner, create_job, get_job, list_events
+    from retrain.job_runner import JobRunner
+    from retrain.jobs import create_job, get_job, list_events
 
     settings, store = job_workspace
     # a file job whose file disappears after validation: it fails inside its task, before any training
@@ -263,7 +264,8 @@ def test_jobs_validate_at_once_cancel_and_recover_after_a_restart(job_workspace)
 @pytest.mark.slow
 def test_a_job_cancelled_while_training_stops_and_registers_nothing(job_workspace):
     from retrain.hyperparams import Resources
-    from retrain.jobs import cancel_job, create_job, run_job
+    from retrain.job_runner import run_job
+    from retrain.jobs import cancel_job, create_job
 
     settings, store = job_workspace
     job = create_job(store, settings, method="sft", hyperparameters={"epochs": 1, "max_length": 128})
