@@ -30,7 +30,8 @@ from feedback.registry import AdapterRegistry
 from feedback.store import FeedbackStore
 from ratchet.settings import Settings
 from retrain.hyperparams import TrainConfig
-from retrain.trainers import MetricsCallback, TrainResult, train
+from retrain.trainers import TrainResult, train
+from retrain.watch import MetricsCallback
 
 MIN_TRAIN_ROWS = 1
 NO_STORE_DATA = {
