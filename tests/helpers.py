@@ -6,11 +6,63 @@ is what makes `helpers` importable from every test module.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from pathlib import Path
 
 from serving.deployment import free_port
+from serving.engine import GenerationOutput, GenerationRequest, SamplingParams
 
-__all__ = ["free_port", "make_lora_adapter", "register_test_adapter"]
+__all__ = [
+    "GREEDY",
+    "QUESTIONS",
+    "collect",
+    "free_port",
+    "make_lora_adapter",
+    "register_test_adapter",
+    "request",
+    "wait_until",
+]
+
+# Chat questions of many lengths, for the engine tests (tests/serving/conftest.py turns them into prompts).
+QUESTIONS = [
+    "Hi",
+    "What is tea?",
+    "Tell me about the ocean.",
+    "How do bicycles work, in short?",
+    "What should I know about growing tomatoes at home?",
+    "Explain how a library organises its books and why that matters.",
+    "Can you describe the weather on a mountain, from the valley floor up to the summit?",
+    "Give me a recipe.",
+    "Why is the sky blue?",
+    "What makes a good friend, and how do you keep one for many years?",
+    "Trains?",
+    "Describe a quiet morning in a small fishing town before the boats go out to sea.",
+    "What are stars made of?",
+    "How do I start running if I have never done any sport before?",
+    "Music.",
+    "What is the best way to learn a new language as an adult with little free time?",
+]
+GREEDY = SamplingParams(max_tokens=40, temperature=0)
+_ids = itertools.count()
+
+
+def request(prompt: list[int], params: SamplingParams = GREEDY, adapter: str | None = None) -> GenerationRequest:
+    return GenerationRequest(request_id=f"req-{next(_ids)}", prompt_ids=prompt, params=params, adapter=adapter)
+
+
+async def collect(engine, req: GenerationRequest) -> tuple[list[int], str, list[GenerationOutput]]:
+    """Run one request on an engine: its token ids, its text and its outputs."""
+    outputs = [out async for out in engine.generate(req)]
+    return [t for out in outputs for t in out.token_ids], "".join(out.text for out in outputs), outputs
+
+
+async def wait_until(condition, what: str) -> None:
+    for _ in range(2000):  # a hang guard only: the engine acts on a command within a step or two
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out waiting until {what}")
 
 
 def make_lora_adapter(base_dir: Path, out_dir: Path, *, seed: int = 1, r: int = 8, **lora_kwargs) -> Path:

