@@ -42,11 +42,6 @@ class ReasonBody(BaseModel):
     reason: str = Field("manual", max_length=500)
 
 
-async def _store_call(function, *args, **kwargs):
-    """A promotion function off the event loop; its refusals (feedback/errors.py) answer in OpenAI's shape."""
-    return await asyncio.to_thread(function, *args, **kwargs)
-
-
 async def _switch(runtime: ServingRuntime, state: dict) -> dict:
     """Apply the state just stored on this replica now; prune old adapters' files; answer with the status."""
     await runtime.apply_state(state)
@@ -66,7 +61,7 @@ async def _status(runtime: ServingRuntime) -> dict:
 
 
 async def _checked(runtime: ServingRuntime, body: PromoteBody) -> None:
-    await _store_call(promotion.check_promotable, runtime.registry, body.adapter, force=body.force)
+    await asyncio.to_thread(promotion.check_promotable, runtime.registry, body.adapter, force=body.force)
     if body.adapter != "base":
         await runtime.check_servable(body.adapter)
 
@@ -79,7 +74,7 @@ async def admin_status(runtime: Runtime) -> dict:
 @router.post("/promote")
 async def admin_promote(runtime: Runtime, body: PromoteBody) -> dict:
     await _checked(runtime, body)
-    state = await _store_call(
+    state = await asyncio.to_thread(
         promotion.promote, runtime.store, runtime.registry, body.adapter, force=body.force, reason=body.reason
     )
     return await _switch(runtime, state)
@@ -88,14 +83,14 @@ async def admin_promote(runtime: Runtime, body: PromoteBody) -> dict:
 @router.post("/rollback")
 async def admin_rollback(runtime: Runtime, body: ReasonBody | None = None) -> dict:
     reason = body.reason if body is not None else "manual"
-    state = await _store_call(promotion.rollback, runtime.store, runtime.registry, reason=reason)
+    state = await asyncio.to_thread(promotion.rollback, runtime.store, runtime.registry, reason=reason)
     return await _switch(runtime, state)
 
 
 @router.post("/canary")
 async def admin_canary(runtime: Runtime, body: CanaryBody) -> dict:
     await _checked(runtime, body)
-    state = await _store_call(
+    state = await asyncio.to_thread(
         promotion.start_canary, runtime.store, runtime.registry, body.adapter, body.fraction, force=body.force
     )
     return await _switch(runtime, state)
@@ -103,5 +98,5 @@ async def admin_canary(runtime: Runtime, body: CanaryBody) -> dict:
 
 @router.post("/canary/abort")
 async def admin_canary_abort(runtime: Runtime, body: ReasonBody) -> dict:
-    state = await _store_call(promotion.abort_canary, runtime.store, runtime.registry, reason=body.reason)
+    state = await asyncio.to_thread(promotion.abort_canary, runtime.store, runtime.registry, reason=body.reason)
     return await _switch(runtime, state)
