@@ -44,7 +44,6 @@ async def create_file(
     file: UploadFile = File(..., description="The JSONL file of training rows."),
     purpose: str = Form(..., description="Only 'fine-tune' is supported."),
 ) -> FileObject:
-    files.check_purpose(purpose)
     filename = Path(file.filename or "upload.jsonl").name or "upload.jsonl"
     data = await file.read()
     return file_object(await asyncio.to_thread(_store, runtime, data, filename, purpose))
