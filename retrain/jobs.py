@@ -32,7 +32,7 @@ from ratchet.settings import Settings
 from retrain.finetune import DataError, TrainingData, data_from_file, data_from_store
 from retrain.hyperparams import METHODS, TrainConfig
 
-UNFINISHED = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING)
+UNFINISHED = tuple(status for status in JobStatus if not status.finished)
 
 
 # -- records ---------------------------------------------------------------------------------------
