@@ -123,9 +123,17 @@ class Settings(BaseSettings):
         "ratings",
         description="Pairwise judge: ratings (learned from stored feedback) or llm (an OpenAI-compatible API).",
     )
-    judge_url: str = Field("", description="LLM judge: base URL of an OpenAI-compatible API (e.g. http://host/v1).")
+    judge_url: str = Field(
+        "",
+        description="LLM judge and score_model graders: base URL of an OpenAI-compatible API (e.g. http://host/v1); "
+        "graders use ratchet's own API when empty.",
+    )
     judge_model: str = Field("", description="LLM judge: the model name to ask.")
     judge_api_key: SecretStr = Field(SecretStr(""), description="LLM judge: its API key (never logged).")
+    grader_timeout_seconds: float = Field(
+        10.0, gt=0, le=600, description="python graders: wall-clock limit of one batch of answers (the sandbox)."
+    )
+    grader_memory_mb: int = Field(512, ge=64, le=65536, description="python graders: memory limit of the sandbox.")
     eval_prompts: int = Field(40, ge=1, description="Most prompts an offline evaluation samples answers for.")
     eval_samples: int = Field(2, ge=1, le=8, description="Sampled answers per prompt and model for the win-rate.")
     eval_temperature: float = Field(1.0, ge=0, le=2, description="Temperature of the win-rate samples.")
