@@ -82,7 +82,7 @@ def test_an_invalid_grader_names_its_field(grader, param):
     assert str(raised.value).startswith(param)
 
 
-PYTHON_GRADER = '''
+PYTHON_GRADER = """
 import json
 
 def grade(sample, item):
@@ -102,7 +102,7 @@ def grade(sample, item):
         return len(bytearray(2 * 1024 ** 3))
     print("graders may print; it is not their answer")
     return 1.0 if sample["output_text"] == item["reference_answer"] else 0.25
-'''
+"""
 
 
 def python_grades(kinds: list[str]):
