@@ -1,35 +1,27 @@
-"""Graders: score a model's answer the way OpenAI's fine-tuning graders do.
+"""Graders as data: OpenAI's five grader shapes, validated, with errors that name the field.
 
-Five kinds, in the shapes of the `openai` SDK's `types.graders`:
+The shapes are those of the `openai` SDK's `types.graders`:
 - `string_check`: `input` against `reference` by `operation`: eq, ne, like (contains), ilike (contains,
   ignoring case); 1.0 or 0.0.
 - `text_similarity`: `evaluation_metric` fuzzy_match, bleu, gleu, rouge_1 ... rouge_5, rouge_l, in [0, 1]
-  (retrain/similarity.py). cosine and meteor are refused when the grader is validated, with the reason.
+  (retrain/similarity.py). cosine and meteor are refused here, with the reason.
 - `score_model`: asks an OpenAI-compatible chat model (`model`) the templated `input` messages and reads
-  the first number of its answer, which must lie in `range` (default [0, 1]); the endpoint is
-  RATCHET_JUDGE_URL, or ratchet's own API when that is empty.
-- `python`: `source` defines `grade(sample, item) -> float`; it runs in a sandboxed subprocess
-  (retrain/sandbox.py), never in the caller's process.
+  the first number of its answer, which must lie in `range` (default [0, 1]).
+- `python`: `source` defines `grade(sample, item) -> float`, run in a sandbox (retrain/sandbox.py).
 - `multi`: named `graders` combined by `calculate_output` (retrain/formula.py).
 
 Templates: `{{ item.reference_answer }}` reads the dataset row (dots go deeper), `{{ sample.output_text }}`
-the model's answer and `{{ sample.output_json.field }}` that answer parsed as JSON. A name that does not
-resolve is OpenAI's `invalid_variable_error` for that answer (reward 0), not an exception.
+the model's answer and `{{ sample.output_json.field }}` that answer parsed as JSON. Only those two
+namespaces exist; any other name is refused here.
 
-`parse_grader(data)` validates a grader: `GraderInvalid` names the field (`grader.operation`).
-`grade_batch(grader, outputs, items, context)` scores many answers at once (one subprocess for all of a
-python grader's cases) and returns one `Grade` per answer: the reward, each sub-grader's reward, and
-OpenAI's error flags (`metadata.errors` of `graders/run`).
+`parse_grader(data)` validates a grader: `GraderInvalid` names the first bad field (`grader.operation`).
+Running graders is retrain/grading.py.
 """
 
 from __future__ import annotations
 
 import ast
-import json
 import re
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -45,16 +37,9 @@ from pydantic import (
 
 from feedback.errors import Invalid
 from retrain import formula, similarity
-from retrain.sandbox import SandboxFailure, SandboxLimits, run_python_grader
 
 TEMPLATE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 NAMESPACES = ("item", "sample")
-NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-ERROR_FLAGS = (
-    "formula_parse_error", "invalid_variable_error", "model_grader_parse_error", "model_grader_refusal_error",
-    "model_grader_server_error", "other_error", "python_grader_runtime_error", "python_grader_server_error",
-    "sample_parse_error", "truncated_observation_error", "unresponsive_reward_error",
-)  # fmt: skip
 
 
 class GraderInvalid(Invalid):
@@ -226,181 +211,3 @@ def parse_grader(data: Any, param: str = "grader") -> Grader:
         where = f"{param}.{where}" if where else param
         message = first["msg"].removeprefix("Value error, ")
         raise GraderInvalid(f"{where}: {message}", param=where) from None
-
-
-# -- grading ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GradingContext:
-    """Where graders reach out: the score_model endpoint and the python sandbox's limits."""
-
-    judge_url: str
-    judge_api_key: str = ""
-    limits: SandboxLimits = SandboxLimits()
-
-    @classmethod
-    def from_settings(cls, settings: Any) -> GradingContext:
-        url = settings.judge_url or f"http://{settings.host}:{settings.port}/v1"
-        return cls(
-            judge_url=url,
-            judge_api_key=settings.judge_api_key.get_secret_value(),
-            limits=SandboxLimits(seconds=settings.grader_timeout_seconds, memory_mb=settings.grader_memory_mb),
-        )
-
-
-@dataclass
-class Grade:
-    reward: float
-    sub_rewards: dict[str, float] = field(default_factory=dict)
-    errors: dict[str, Any] = field(default_factory=dict)  # flags set to True, plus *_details strings
-    token_usage: int = 0
-    seconds: float = 0.0
-
-    def failed(self, flag: str, details: str | None = None) -> Grade:
-        self.reward = 0.0
-        self.errors[flag] = True
-        if details:
-            key = {"python_grader_runtime_error": "python_grader_runtime_error_details"}.get(flag, f"{flag}_details")
-            self.errors[key] = details
-        return self
-
-    def problem(self) -> str | None:
-        """The first error as a sentence (what stops a training run), or None."""
-        flags = [flag for flag in ERROR_FLAGS if self.errors.get(flag)]
-        if not flags:
-            return None
-        details = [v for k, v in self.errors.items() if k.endswith(("_details", "_type")) and isinstance(v, str)]
-        return f"{flags[0]}: {details[0]}" if details else flags[0]
-
-    def openai_errors(self) -> dict[str, Any]:
-        return {**{flag: bool(self.errors.get(flag)) for flag in ERROR_FLAGS}, **self.errors}
-
-
-def sample_namespace(output_text: str) -> dict[str, Any]:
-    """OpenAI's `sample`: the answer, and the answer as JSON when it parses."""
-    try:
-        output_json = json.loads(output_text)
-    except (json.JSONDecodeError, RecursionError):
-        output_json = None
-    return {"output_text": output_text, "output_json": output_json, "output_tools": [], "choices": []}
-
-
-class _Unresolved(LookupError):
-    pass
-
-
-def render(text: str, namespaces: dict[str, Any]) -> str:
-    """Fill `{{ item.x }}` / `{{ sample.y }}`; a name that does not resolve raises _Unresolved."""
-
-    def value(match: re.Match) -> str:
-        node: Any = namespaces
-        for part in match.group(1).split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise _Unresolved(f"{{{{ {match.group(1)} }}}} does not resolve for this item and sample")
-            node = node[part]
-        return node if isinstance(node, str) else json.dumps(node)
-
-    return TEMPLATE.sub(value, text)
-
-
-def grade_batch(grader: Grader, outputs: Sequence[str], items: Sequence[dict], context: GradingContext) -> list[Grade]:
-    """One Grade per (output, item) pair, in order."""
-    started = time.monotonic()
-    spaces = [{"sample": sample_namespace(text), "item": item} for text, item in zip(outputs, items, strict=True)]
-    grades = _grade(grader, spaces, context)
-    seconds = (time.monotonic() - started) / max(1, len(grades))
-    for grade in grades:
-        grade.seconds = seconds
-    return grades
-
-
-def _grade(grader: Grader, spaces: list[dict], context: GradingContext) -> list[Grade]:
-    if isinstance(grader, MultiGrader):
-        return _multi(grader, spaces, context)
-    if isinstance(grader, PythonGrader):
-        return _python(grader, spaces, context)
-    return [_one(grader, space, context) for space in spaces]
-
-
-def _one(grader: Grader, space: dict, context: GradingContext) -> Grade:
-    try:
-        if isinstance(grader, ScoreModelGrader):
-            return _score_model(grader, space, context)
-        given, reference = render(grader.input, space), render(grader.reference, space)
-    except _Unresolved as error:
-        return Grade(0.0).failed("invalid_variable_error", str(error))
-    if isinstance(grader, StringCheckGrader):
-        return Grade(float(_string_check(grader.operation, given, reference)))
-    return Grade(similarity.score(grader.evaluation_metric, given, reference))
-
-
-def _string_check(operation: str, given: str, reference: str) -> bool:
-    if operation == "eq":
-        return given == reference
-    if operation == "ne":
-        return given != reference
-    if operation == "like":
-        return reference in given
-    return reference.lower() in given.lower()
-
-
-def _python(grader: PythonGrader, spaces: list[dict], context: GradingContext) -> list[Grade]:
-    try:
-        results = run_python_grader(grader.source, spaces, context.limits)
-    except SandboxFailure as failure:
-        return [Grade(0.0).failed("python_grader_runtime_error", str(failure)) for _ in spaces]
-    return [
-        Grade(result.score)
-        if result.error is None
-        else Grade(0.0).failed("python_grader_runtime_error", f"grade() raised {result.error}")
-        for result in results
-    ]
-
-
-def _score_model(grader: ScoreModelGrader, space: dict, context: GradingContext) -> Grade:
-    import openai
-
-    low, high = grader.range or (0.0, 1.0)
-    messages = [{"role": m.role, "content": render(m.text(), space)} for m in grader.input]
-    params = grader.sampling_params or SamplingParams()
-    client = openai.OpenAI(base_url=context.judge_url, api_key=context.judge_api_key or "none", max_retries=1)
-    try:
-        response = client.chat.completions.create(
-            model=grader.model,
-            messages=messages,
-            max_tokens=params.max_completions_tokens or 64,
-            temperature=0.0 if params.temperature is None else params.temperature,
-            **{k: v for k, v in {"seed": params.seed, "top_p": params.top_p}.items() if v is not None},
-        )
-    except openai.OpenAIError as error:
-        return Grade(0.0).failed("model_grader_server_error", f"{grader.model} at {context.judge_url}: {error}")
-    answer = response.choices[0].message.content or ""
-    usage = response.usage.total_tokens if response.usage else 0
-    found = NUMBER.search(answer)
-    score = float(found.group()) if found else None
-    if score is None or not low <= score <= high:
-        reason = f"the judge's answer has no number in [{low:g}, {high:g}]: {answer[:200]!r}"
-        grade = Grade(0.0, token_usage=usage).failed("model_grader_parse_error", reason)
-        return grade
-    return Grade(score, token_usage=usage)
-
-
-def _multi(grader: MultiGrader, spaces: list[dict], context: GradingContext) -> list[Grade]:
-    assert isinstance(grader.graders, dict)  # the validator made it a mapping
-    expression = formula.parse(grader.calculate_output, set(grader.graders))
-    by_name = {name: _grade(sub, spaces, context) for name, sub in grader.graders.items()}
-    grades = []
-    for index in range(len(spaces)):
-        parts = {name: results[index] for name, results in by_name.items()}
-        grade = Grade(0.0, sub_rewards={name: part.reward for name, part in parts.items()})
-        for part in parts.values():
-            grade.errors.update({k: v for k, v in part.errors.items() if v})
-            grade.token_usage += part.token_usage
-        if grade.problem() is None:
-            try:
-                grade.reward = formula.evaluate(expression, grade.sub_rewards)
-            except formula.FormulaError as error:
-                grade.failed("formula_parse_error", str(error))
-        grades.append(grade)
-    return grades

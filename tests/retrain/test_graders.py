@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from retrain.graders import GraderInvalid, GradingContext, grade_batch, parse_grader, render, sample_namespace
+from retrain.graders import GraderInvalid, parse_grader
+from retrain.grading import GradingContext, grade_batch, render, sample_namespace
 from retrain.sandbox import SandboxLimits, isolation
 
 CONTEXT = GradingContext(judge_url="http://127.0.0.1:9/v1", limits=SandboxLimits(seconds=3, memory_mb=256))
