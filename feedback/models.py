@@ -163,6 +163,7 @@ class Job(SQLModel, table=True):
     suffix: str | None = Field(default=None, max_length=64)
     seed: int = 0
     hyperparameters: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    grader: dict | None = _json(nullable=True)  # reinforcement jobs: OpenAI's grader object, validated
     fine_tuned_model: str | None = Field(default=None, max_length=128)
     error: dict | None = _json(nullable=True)
     trained_tokens: int | None = None

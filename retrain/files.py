@@ -1,7 +1,8 @@
 """Fine-tuning files in the workspace: validate, store, list, read and delete (the domain of OpenAI's files API).
 
 An upload is validated line by line exactly as `ratchet data import` validates a file (feedback/ingest.py:
-OpenAI chat SFT and DPO rows, KTO rows, no row longer than the base model's context). A bad file is refused
+OpenAI chat SFT and DPO rows, KTO rows, no row longer than the base model's context), or as a file of
+reinforcement fine-tuning rows (retrain/rft_rows.py). A bad file is refused
 whole (`InvalidFile`, listing every bad line as `FILENAME:LINE: reason`); a good one is stored as
 `<home>/files/<id>.jsonl` plus a `File` row (`path` relative to the workspace), so a training job can name it
 by id. Every stored file has been validated, so its status is always `processed`. The HTTP routes over these
@@ -19,6 +20,7 @@ from feedback.errors import Invalid, NotFound
 from feedback.ingest import FileProblem, ImportReport, read_rows
 from feedback.models import File, new_id
 from feedback.store import FeedbackStore
+from retrain.rft_rows import rft_errors
 
 PURPOSES = ("fine-tune",)
 MAX_LISTED_ERRORS = 50  # a message lists this many bad lines, then counts the rest
@@ -44,7 +46,13 @@ def validation_errors(
     except FileProblem as problem:
         return [f"{shown_as}: {problem}"]
     # the reader names the stored path; the user knows the file by the name they uploaded
-    return [shown_as + error.removeprefix(str(path)) for error in report.errors]
+    errors = [shown_as + error.removeprefix(str(path)) for error in report.errors]
+    if errors:
+        # not chat / preference rows: perhaps reinforcement rows; report the format with fewer bad lines,
+        # the one the user most likely meant
+        _, rft = rft_errors(path, shown_as)
+        errors = min(errors, rft, key=len)
+    return errors
 
 
 def check_purpose(purpose: str) -> None:

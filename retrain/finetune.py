@@ -30,7 +30,8 @@ from feedback.registry import AdapterRegistry
 from feedback.store import FeedbackStore
 from ratchet.settings import Settings
 from retrain.hyperparams import TrainConfig
-from retrain.trainers import TrainResult, train
+from retrain.rft_rows import rft_errors
+from retrain.trainers import RewardFunction, TrainResult, train
 from retrain.watch import MetricsCallback
 
 MIN_TRAIN_ROWS = 1
@@ -51,7 +52,7 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class TrainingData:
-    method: Kind
+    method: Kind | str  # or "rft": rows of retrain/rft_rows.py
     train: list[dict[str, Any]]  # exchange-format rows (feedback.formats)
     heldout: list[dict[str, Any]]
     snapshot: dict[str, Any]  # what the adapter records: source ids or files, content hash, counts
@@ -66,8 +67,8 @@ def data_from_store(store: FeedbackStore, method: Kind, **options: Any) -> Train
     return TrainingData(method, dataset.train, dataset.heldout, snapshot)
 
 
-def data_from_file(method: Kind, path: Path | str, validation_path: Path | str | None = None) -> TrainingData:
-    """Rows of an OpenAI-format JSONL file (and a validation file), every line validated.
+def data_from_file(method: Kind | str, path: Path | str, validation_path: Path | str | None = None) -> TrainingData:
+    """Rows of an OpenAI-format JSONL file (and a validation file), every line validated (RFT rows for "rft").
 
     Raises DataError listing every bad line as `FILE:LINE: reason`; a row of another method's format is
     a bad line too (a DPO pair in an SFT file). Rows are used as given: no dedup, no split.
@@ -84,7 +85,9 @@ def data_from_file(method: Kind, path: Path | str, validation_path: Path | str |
     return TrainingData(method, train_rows, heldout, snapshot)
 
 
-def _read_file(method: Kind, path: Path) -> list[dict[str, Any]]:
+def _read_file(method: Kind | str, path: Path) -> list[dict[str, Any]]:
+    if method == "rft":
+        return _read_rft_file(path)
     report = ImportReport(path=str(path))
     try:
         rows = read_rows(path, report, count_tokens=None, max_tokens=None)
@@ -103,6 +106,16 @@ def _read_file(method: Kind, path: Path) -> list[dict[str, Any]]:
     return [row.data for _, row in sorted(rows, key=lambda item: item[0])]
 
 
+def _read_rft_file(path: Path) -> list[dict[str, Any]]:
+    try:
+        rows, errors = rft_errors(path)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read: {error.strerror}") from None
+    if errors:
+        raise DataError(f"{path}: {len(errors)} bad line(s), nothing trained", errors)
+    return rows
+
+
 def fine_tune(
     settings: Settings,
     method: Kind,
@@ -116,6 +129,7 @@ def fine_tune(
     on_metrics: MetricsCallback | None = None,
     on_start: Callable[[str, Path], None] | None = None,
     store: FeedbackStore | None = None,
+    reward: RewardFunction | None = None,
 ) -> tuple[Adapter, TrainResult]:
     """Train on `data` and register the adapter; returns (its record, the training result).
 
@@ -150,6 +164,7 @@ def fine_tune(
                 progress=progress,
                 on_metrics=on_metrics,
                 trust_remote_code=settings.trust_remote_code,
+                reward=reward,
             )
             # 3) register with everything needed to reproduce and judge it
             metrics = {**result.metrics, "run_dir": str(run_dir)}

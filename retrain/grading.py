@@ -217,3 +217,31 @@ def _multi(grader: MultiGrader, spaces: list[dict], context: GradingContext) -> 
                 grade.failed("formula_parse_error", str(error))
         grades.append(grade)
     return grades
+
+
+# -- the grader as a training reward ---------------------------------------------------------------
+
+# A judge that answers without a usable number scores 0 and training goes on; any other failure means the
+# grader itself is broken, and training on its zeros would teach the model nothing true.
+TOLERATED = ("model_grader_parse_error", "model_grader_refusal_error")
+
+
+class GraderFailed(RuntimeError):
+    """The grader could not grade an answer during training; the message says why."""
+
+
+def training_reward(grader: Grader, context: GradingContext):
+    """`(answers, rows) -> rewards` for retrain/trainers.py; raises GraderFailed on a broken grader."""
+
+    def reward(answers: list[str], rows: list[dict[str, Any]]) -> list[float]:
+        grades = grade_batch(grader, answers, rows, context)
+        for grade in grades:
+            fatal = [flag for flag in ERROR_FLAGS if grade.errors.get(flag) and flag not in TOLERATED]
+            if fatal:
+                raise GraderFailed(
+                    f"the grader {grader.name!r} could not grade an answer ({grade.problem()}): "
+                    "fix it (POST /v1/fine_tuning/alpha/graders/run tries it) and create the job again"
+                )
+        return [grade.reward for grade in grades]
+
+    return reward

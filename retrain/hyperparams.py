@@ -1,10 +1,10 @@
 """Training configuration as data: hyperparameters per method, the resources a run may use, YAML configs.
 
 The contract:
-- `SFTHyperparameters`, `DPOHyperparameters`, `KTOHyperparameters` (pydantic): every field has a default
-  and a help text (`description`). `epochs`, `learning_rate` and `batch_size` may be `"auto"`; `resolve()`
-  then derives them from the dataset size and the model size, the way OpenAI's fine-tuning does, and
-  returns a copy with concrete numbers only: that copy is what an adapter records.
+- `SFTHyperparameters`, `DPOHyperparameters`, `KTOHyperparameters`, `RFTHyperparameters` (pydantic): every
+  field has a default and a help text (`description`). `epochs`, `learning_rate` and `batch_size` may be
+  `"auto"`; `resolve()` then derives them from the dataset size and the model size, the way OpenAI's
+  fine-tuning does, and returns a copy with concrete numbers only: that copy is what an adapter records.
 - `Resources`: where and how gently a run trains (device, precision, torch threads, `nice`, the Ray
   task's `num_cpus` / `num_gpus`). Not a hyperparameter: it changes speed, never the result.
 - `TrainConfig` = method + hyperparameters + resources; `load_config(path)` reads the YAML files in
@@ -26,8 +26,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-Method = Literal["sft", "dpo", "kto"]
-METHODS: tuple[Method, ...] = ("sft", "dpo", "kto")
+Method = Literal["sft", "dpo", "kto", "rft"]
+METHODS: tuple[Method, ...] = ("sft", "dpo", "kto", "rft")
 Auto = Literal["auto"]
 
 # OpenAI's rule for n_epochs="auto": three passes, more for small sets (so the model sees at least ~100
@@ -81,7 +81,7 @@ class Hyperparameters(BaseModel):
         if self.batch_size == "auto":
             update["batch_size"] = auto_batch_size(n_train)
         if self.learning_rate == "auto":
-            update["learning_rate"] = auto_learning_rate(n_parameters, preference=self.method != "sft")
+            update["learning_rate"] = auto_learning_rate(n_parameters, preference=self.method in ("dpo", "kto"))
         return self.model_copy(update=update)
 
     method: ClassVar[Method]  # each subclass names its training method
@@ -134,10 +134,31 @@ class KTOHyperparameters(Hyperparameters):
     method: ClassVar[Method] = "kto"
 
 
+class RFTHyperparameters(Hyperparameters):
+    """Reinforcement fine-tuning with GRPO: sample a group of answers per prompt, grade them, and move the
+    policy toward the answers graded above their group's mean. `batch_size` counts prompts, as OpenAI's does.
+    """
+
+    num_generations: int = Field(
+        8, ge=2, le=64, description="Answers sampled per prompt (GRPO's group; OpenAI's compute_multiplier scales it)."
+    )
+    max_completion_length: int = Field(96, ge=1, le=4096, description="Longest sampled answer, in tokens.")
+    temperature: float = Field(1.0, gt=0, le=2, description="Sampling temperature of the group's answers.")
+    beta: float = Field(
+        0.04, ge=0, description="Weight of the KL penalty toward the starting policy (0 = none; keeps answers fluent)."
+    )
+    eval_interval: Annotated[int, Field(ge=1)] | Auto = Field(
+        "auto", description="Steps between held-out evaluations; auto = about 8 per run."
+    )
+
+    method: ClassVar[Method] = "rft"
+
+
 HYPERPARAMETERS: dict[Method, type[Hyperparameters]] = {
     "sft": SFTHyperparameters,
     "dpo": DPOHyperparameters,
     "kto": KTOHyperparameters,
+    "rft": RFTHyperparameters,
 }
 
 
@@ -179,7 +200,7 @@ def parameter_count(model_dir: str) -> int | None:
 def base_learning_rate(model_dir: str, method: str) -> float | None:
     """The rate "auto" picks for this base model and method (what OpenAI's learning_rate_multiplier 1 means)."""
     count = parameter_count(model_dir)
-    return None if count is None else auto_learning_rate(count, preference=method != "sft")
+    return None if count is None else auto_learning_rate(count, preference=method in ("dpo", "kto"))
 
 
 # -- resources ---------------------------------------------------------------------------------------
@@ -219,7 +240,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Method
-    hyperparameters: SFTHyperparameters | DPOHyperparameters | KTOHyperparameters
+    hyperparameters: SFTHyperparameters | DPOHyperparameters | KTOHyperparameters | RFTHyperparameters
     resources: Resources = Field(default_factory=Resources)
 
     @classmethod

@@ -22,6 +22,8 @@ from feedback.models import AdapterStatus, Job, JobStatus, now
 from feedback.store import FeedbackStore
 from ratchet.settings import Settings
 from retrain.finetune import DataError
+from retrain.graders import parse_grader
+from retrain.grading import GraderFailed, GradingContext, training_reward
 from retrain.hyperparams import ConfigError, Resources, TrainConfig
 from retrain.jobs import add_event, finish, get_job, load_job_data, recover_interrupted, set_status
 
@@ -59,6 +61,9 @@ def run_job(settings: Settings, job_id: str, resources: Resources) -> dict[str, 
                 raise JobCancelled(job_id)
 
         parent = None if job.model in ("base", "", None) else job.model
+        reward = None
+        if job.method == "rft":
+            reward = training_reward(parse_grader(job.grader), GradingContext.from_settings(settings))
         record, result = fine_tune(
             settings,
             job.method,
@@ -71,6 +76,7 @@ def run_job(settings: Settings, job_id: str, resources: Resources) -> dict[str, 
             on_metrics=on_metrics,
             on_start=on_start,
             store=store,
+            reward=reward,
         )
         return {
             "adapter": record.name,
@@ -192,4 +198,5 @@ class JobRunner:
         else:
             reason = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
         code = "invalid_training_data" if isinstance(cause, DataError | ConfigError) else "training_failed"
+        code = "grader_failed" if isinstance(cause, GraderFailed) else code
         finish(self.store, job_id, JobStatus.FAILED, error={"code": code, "message": reason})

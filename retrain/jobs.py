@@ -49,10 +49,18 @@ def create_job(
     suffix: str | None = None,
     hyperparameters: dict[str, Any] | None = None,
     seed: int = 0,
+    grader: dict[str, Any] | None = None,
 ) -> Job:
-    """Record a job and validate its data now: returns it queued, or failed with the reason."""
+    """Record a job and validate its data now: returns it queued, or failed with the reason.
+
+    Reinforcement jobs (method "rft") need `grader` (a grader already validated by retrain/graders.py)
+    and a `training_file` of RFT rows."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if (method == "rft") != (grader is not None):
+        raise ValueError("a grader goes with reinforcement fine-tuning, and reinforcement needs one")
+    if method == "rft" and training_file is None:
+        raise ValueError("reinforcement fine-tuning trains on a training_file of RFT rows: upload one first")
     TrainConfig.default(method).with_overrides({**(hyperparameters or {}), "seed": seed})  # ConfigError early
     job = Job(
         id=new_id("ftjob"),
@@ -65,6 +73,7 @@ def create_job(
         suffix=suffix,
         seed=seed,
         hyperparameters=hyperparameters or {},
+        grader=grader,
     )
     with store.session() as session:
         session.add(job)

@@ -5,7 +5,8 @@
     metrics.csv   one row per logged step, appended and flushed as training goes (`tail -f` works):
                   step, epoch, split (train / eval), then the method's metrics (METRIC_COLUMNS)
     loss.png      train and eval loss by step, beside the method's quality curve (token accuracy for
-                  SFT, reward margin and accuracy for DPO / KTO)
+                  SFT, reward margin and accuracy for DPO / KTO, the
+                  grader's mean reward for RFT: its reward curve)
 
 Trainer logs name eval metrics `eval_loss`, `eval_rewards/margins`; rows here drop the prefix and say
 `split=eval` instead, so train and eval share columns. Metrics outside the columns stay in the history
@@ -35,12 +36,14 @@ METRIC_COLUMNS: dict[str, tuple[str, ...]] = {
     "sft": (*BASE_COLUMNS, "mean_token_accuracy", "entropy"),
     "dpo": (*BASE_COLUMNS, *PREFERENCE_COLUMNS),
     "kto": (*BASE_COLUMNS, *PREFERENCE_COLUMNS, "kl"),
+    "rft": (*BASE_COLUMNS, "reward", "reward_std", "kl", "entropy", "completions/mean_length", "frac_reward_zero_std"),
 }
 # the curve drawn beside the loss, per method
 QUALITY_CURVES: dict[str, tuple[str, ...]] = {
     "sft": ("mean_token_accuracy",),
     "dpo": ("rewards/margins", "rewards/accuracies"),
     "kto": ("rewards/margins", "kl"),
+    "rft": ("reward",),
 }
 
 

@@ -1,9 +1,13 @@
-"""Train one LoRA adapter with TRL: `train("sft" | "dpo" | "kto", ...) -> TrainResult`.
+"""Train one LoRA adapter with TRL: `train("sft" | "dpo" | "kto" | "rft", ...) -> TrainResult`.
 
 The contract:
 - Rows come in the exchange formats of `feedback.datasets` / `feedback.formats`: OpenAI chat SFT rows
   (`{"messages", "weight"?}`), OpenAI DPO rows (`{"input", "preferred_output", "non_preferred_output"}`),
-  TRL KTO rows (`{"prompt", "completion", "label"}`). They are converted to TRL's conversational shapes here.
+  TRL KTO rows (`{"prompt", "completion", "label"}`), OpenAI RFT rows (`{"messages", ...reference fields}`).
+  They are converted to TRL's conversational shapes here.
+- RFT trains with TRL's GRPOTrainer: `reward(answers, rows) -> scores` (a grader, retrain/grading.py)
+  scores each sampled answer with its whole row as the grader's `item`; the KL reference is the starting
+  policy (the base, or the parent adapter's base when continuing).
 - SFT learns the answers only: each assistant message with weight 1 becomes one prompt/completion row
   (the conversation up to it, then it), so loss falls on answer tokens, and OpenAI's `weight: 0` (on a
   row or a message) means "context, not a target", exactly.
@@ -25,10 +29,11 @@ The contract:
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,8 @@ from typing import Any
 from retrain.hyperparams import HYPERPARAMETERS, Hyperparameters, Method, Resources
 from retrain.runs import RunLog
 from retrain.watch import MetricsCallback, Recorder, summarise
+
+RewardFunction = Callable[[list[str], list[dict[str, Any]]], list[float]]  # (answers, rows) -> scores
 
 
 class TrainingError(RuntimeError):
@@ -66,11 +73,14 @@ def train(
     progress: bool = True,
     on_metrics: MetricsCallback | None = None,
     trust_remote_code: bool = False,
+    reward: RewardFunction | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on `train_rows` and save it into `out_dir`; see the module docstring."""
     hyperparams = hyperparams or HYPERPARAMETERS[method]()
     if hyperparams.method != method:
         raise TrainingError(f"{hyperparams.method} hyperparameters given to a {method} run")
+    if (method == "rft") != (reward is not None):
+        raise TrainingError("rft runs need a reward function (a grader), and only they take one")
     resources = resources or Resources()
     started = time.monotonic()
     # 0) share the machine: fewer threads and a lower priority when asked (both stay for this process)
@@ -94,11 +104,12 @@ def train(
         recorder = Recorder(run_log, on_metrics, progress)
         try:
             trainer = _make_trainer(
-                method, model, tokenizer, train_data, eval_data, resolved, resources, scratch, parent_lora is not None
-            )
+                method, model, tokenizer, train_data, eval_data, resolved, resources, scratch, parent_lora is not None,
+                reward,
+            )  # fmt: skip
             trainer.add_callback(recorder.callback())
-            # 4) the starting point's held-out loss (the gate compares the end against it), then train
-            start_loss = trainer.evaluate().get("eval_loss") if eval_data else None
+            # 4) the starting point's held-out loss / reward (the end is compared against it), then train
+            start = trainer.evaluate() if eval_data else {}
             trainer.train()
             # 5) save the adapter only ("default"; never TRL's frozen "ref" copy), as safetensors
             out_dir = Path(out_dir)
@@ -114,8 +125,9 @@ def train(
     metrics = summarise(recorder.history)
     trained_tokens = int(max((row.get("num_tokens", 0) for row in recorder.history), default=0))
     metrics.update({"steps": recorder.steps, "seconds": round(seconds, 2), "trained_tokens": trained_tokens})
-    if start_loss is not None:
-        metrics["eval_loss_start"] = round(float(start_loss), 6)
+    for key in ("eval_loss", "eval_reward"):
+        if start.get(key) is not None:
+            metrics[f"{key}_start"] = round(float(start[key]), 6)
     return TrainResult(
         metrics=metrics,
         history=recorder.history,
@@ -142,6 +154,9 @@ def to_trl_rows(method: Method, rows: Sequence[dict[str, Any]]) -> list[dict[str
             }
             for row in rows
         ]
+    if method == "rft":
+        # the whole row goes along as JSON text: rows differ in their reference fields, Arrow wants one shape
+        return [{"prompt": _plain(row["messages"]), "item": json.dumps(row)} for row in rows]
     return [
         {"prompt": _plain(row["prompt"]), "completion": _plain(row["completion"]), "label": bool(row["label"])}
         for row in rows
@@ -236,12 +251,14 @@ def _common_args(hp: Hyperparameters, resources: Resources, output_dir: str, n_t
         raise TrainingError("resources.device is cuda but no GPU is visible: use device cpu or auto")
     steps_per_epoch = max(1, -(-n_train // (hp.batch_size * hp.gradient_accumulation)))
     total_steps = steps_per_epoch * hp.epochs
+    # GRPO's batches count sampled answers: a group of num_generations per prompt
+    per_device = hp.batch_size * getattr(hp, "num_generations", 1)
     args: dict[str, Any] = {
         "output_dir": output_dir,
         "num_train_epochs": hp.epochs,
         "learning_rate": hp.learning_rate,
-        "per_device_train_batch_size": hp.batch_size,
-        "per_device_eval_batch_size": hp.batch_size,
+        "per_device_train_batch_size": per_device,
+        "per_device_eval_batch_size": per_device,
         "gradient_accumulation_steps": hp.gradient_accumulation,
         "warmup_steps": hp.warmup_ratio,  # transformers 5: a float below 1 is a share of the steps
         "max_length": hp.max_length,
@@ -259,11 +276,14 @@ def _common_args(hp: Hyperparameters, resources: Resources, output_dir: str, n_t
     }
     if has_eval:
         # about eight evaluations over the run, and always one at the end
-        args.update(eval_strategy="steps", eval_steps=max(1, total_steps // 8))
+        interval = getattr(hp, "eval_interval", "auto")
+        args.update(eval_strategy="steps", eval_steps=max(1, total_steps // 8) if interval == "auto" else interval)
+    if hp.method == "rft":
+        del args["max_length"]  # GRPO bounds the answer instead (max_completion_length)
     return args
 
 
-def _make_trainer(method, model, tokenizer, train_data, eval_data, hp, resources, scratch, has_parent):
+def _make_trainer(method, model, tokenizer, train_data, eval_data, hp, resources, scratch, has_parent, reward=None):
     from datasets import Dataset
 
     common = _common_args(hp, resources, scratch, len(train_data), bool(eval_data))
@@ -283,6 +303,17 @@ def _make_trainer(method, model, tokenizer, train_data, eval_data, hp, resources
         weights = [1.0, hp.sft_weight] if hp.sft_weight > 0 else None
         config = DPOConfig(**common, beta=hp.beta, loss_type=losses, loss_weights=weights)
         trainer_class, extra = DPOTrainer, {"ref_model": None}
+    elif method == "rft":
+        from trl import GRPOConfig, GRPOTrainer
+
+        config = GRPOConfig(
+            **common,
+            num_generations=hp.num_generations,
+            max_completion_length=hp.max_completion_length,
+            temperature=hp.temperature,
+            beta=hp.beta,
+        )
+        trainer_class, extra = GRPOTrainer, {"reward_funcs": [_grpo_reward(reward)]}
     else:
         from trl import KTOConfig, KTOTrainer
 
@@ -307,3 +338,13 @@ def _make_trainer(method, model, tokenizer, train_data, eval_data, hp, resources
     trainer.remove_callback(PrinterCallback)  # it prints every log on stdout, which belongs to the caller
     trainer.remove_callback(ProgressCallback)
     return trainer
+
+
+def _grpo_reward(reward: RewardFunction):
+    """The grader as TRL's reward function: answers in, one score each (its name labels the metrics)."""
+
+    def grader(prompts, completions, item, **_columns) -> list[float]:
+        answers = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [float(score) for score in reward(answers, [json.loads(row) for row in item])]
+
+    return grader

@@ -10,7 +10,7 @@ from typing import Any
 from retrain.runs import RunLog, normalise_log
 
 MetricsCallback = Callable[[dict[str, Any]], None]
-SUMMARY_KEYS = ("loss", "mean_token_accuracy", "rewards/margins", "rewards/accuracies", "kl")
+SUMMARY_KEYS = ("loss", "mean_token_accuracy", "rewards/margins", "rewards/accuracies", "kl", "reward")
 
 
 def summarise(history: Sequence[dict[str, Any]]) -> dict[str, float]:

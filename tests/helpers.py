@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from pathlib import Path
+
+import pytest
 
 from serving.deployment import free_port
 from serving.engine import GenerationOutput, GenerationRequest, SamplingParams
@@ -91,3 +94,17 @@ def register_test_adapter(settings, *, seed: int = 1) -> str:
             name, method="sft", base_model=settings.base_model_id, parent=None, path=settings.adapters_dir / name
         )
     return name
+
+
+JOB_TIMEOUT_SECONDS = 180
+
+
+def wait_until_finished(client, job_id: str, timeout: float = JOB_TIMEOUT_SECONDS):
+    """Poll a fine-tuning job through the openai SDK until it finishes; fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.5)
+    pytest.fail(f"job {job_id} did not finish within {timeout:g} s (last status {job.status})")

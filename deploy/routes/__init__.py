@@ -1,4 +1,4 @@
-"""The HTTP routes the full app adds to serving's: OpenAI's files and fine-tuning API, and the admin routes.
+"""The HTTP routes the full app adds to serving's: OpenAI's files, fine-tuning and grader API, and the admin routes.
 
 Routers are thin: they parse, call a domain function (retrain/files.py, retrain/jobs.py, deploy/promotion.py)
 and shape the answer; domain errors (feedback/errors.py) become OpenAI-shaped errors in serving/errors.py.
@@ -11,6 +11,6 @@ from fastapi import APIRouter
 
 def routers() -> list[APIRouter]:
     """Every router of the full app, in mounting order (called inside each serving replica)."""
-    from deploy.routes import admin, files, fine_tuning
+    from deploy.routes import admin, files, fine_tuning, graders
 
-    return [files.router, fine_tuning.router, admin.router]
+    return [files.router, fine_tuning.router, graders.router, admin.router]

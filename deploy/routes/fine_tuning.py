@@ -9,7 +9,9 @@ queued jobs one at a time as Ray tasks and sets `fine_tuned_model` to the regist
 OpenAI's names map onto retrain/hyperparams.py: `n_epochs` -> `epochs`, `batch_size`, `beta`, and
 `learning_rate_multiplier` -> `learning_rate` = multiplier x the "auto" rate for the base model's size
 (so a multiplier of 1 is what "auto" picks). Any other key is one of ratchet's own hyperparameter names
-(`max_length`, `lora_r`, ...), checked like the rest. `method.type` is `supervised` or `dpo`; the legacy
+(`max_length`, `lora_r`, ...), checked like the rest. `method.type` is `supervised`, `dpo` or
+`reinforcement` (with `method.reinforcement.grader`, validated at once; `compute_multiplier` scales the
+answers sampled per prompt, `eval_interval` the steps between evaluations); the legacy
 top-level `hyperparameters` mean supervised, and `method`'s own ones win where both are given. `model`
 is `base` (or the base model's id), `current` (whatever is promoted now), or a registered adapter to
 continue from. Without `training_file` a job trains on the store's feedback (a ratchet extension).
@@ -37,20 +39,26 @@ from deploy.routes.protocol import (
     JobList,
     JobMethod,
     MethodHyperparameters,
+    ReinforcementHyperparameters,
+    ReinforcementMethod,
 )
 from feedback.errors import Invalid
 from feedback.models import Job, JobEvent, JobStatus
 from feedback.registry import SUFFIX_RE, UnknownAdapter
 from retrain import files, jobs
-from retrain.hyperparams import ConfigError, base_learning_rate
+from retrain.graders import parse_grader
+from retrain.hyperparams import ConfigError, RFTHyperparameters, base_learning_rate
 from serving.deps import NEEDS_API_KEY, Runtime
 from serving.errors import model_not_found
 from serving.runtime import ServingRuntime
 
 router = APIRouter(tags=["fine-tuning"], dependencies=[NEEDS_API_KEY])
-METHOD_TYPES = {"supervised": "sft", "dpo": "dpo"}  # OpenAI's method.type -> ratchet's method
-OPENAI_TYPES = {"sft": "supervised", "dpo": "dpo", "kto": "kto"}
-OPENAI_NAMES = {"n_epochs": "epochs", "batch_size": "batch_size", "beta": "beta"}
+METHOD_TYPES = {"supervised": "sft", "dpo": "dpo", "reinforcement": "rft"}  # OpenAI's method.type -> ratchet's
+OPENAI_TYPES = {"sft": "supervised", "dpo": "dpo", "kto": "kto", "rft": "reinforcement"}
+OPENAI_NAMES = {"n_epochs": "epochs", "batch_size": "batch_size", "beta": "beta", "eval_interval": "eval_interval"}
+# reinforcement: OpenAI's knobs that have no meaning here are accepted and not used (docs/fine-tuning.md)
+IGNORED = ("eval_samples", "reasoning_effort")
+GROUP = RFTHyperparameters.model_fields["num_generations"].default  # compute_multiplier 1 = this many answers
 
 
 # -- OpenAI's hyperparameters as ratchet's ----------------------------------------------------------
@@ -60,7 +68,18 @@ def _overrides(runtime: ServingRuntime, method: str, given: dict[str, Any]) -> d
     """OpenAI's hyperparameters as retrain/hyperparams.py overrides ("auto" stays auto)."""
     overrides: dict[str, Any] = {}
     for key, value in given.items():
-        if value is None or (value == "auto" and key in ("learning_rate_multiplier", "beta")):
+        if value is None or key in IGNORED or (value == "auto" and key in ("learning_rate_multiplier", "beta")):
+            continue
+        if value == "auto" and key == "compute_multiplier":
+            continue
+        if key == "compute_multiplier":
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise Invalid(
+                    f"compute_multiplier must be a positive number or 'auto', got {value!r}",
+                    param="hyperparameters.compute_multiplier",
+                    code="invalid_value",
+                )
+            overrides["num_generations"] = max(2, round(GROUP * value))
             continue
         if key == "learning_rate_multiplier":
             base = base_learning_rate(runtime.settings.base_model_path, method)
@@ -98,7 +117,10 @@ def job_object(runtime: ServingRuntime, job: Job) -> FineTuningJob:
         beta=hp.get("beta", "auto") if job.method != "sft" else None,
     )
     kind = OPENAI_TYPES.get(job.method, job.method)
-    method = JobMethod(type=kind, **{kind: MethodHyperparameters(hyperparameters=hyperparameters)})
+    if job.method == "rft":
+        method = JobMethod(type=kind, reinforcement=_reinforcement(job, hyperparameters))
+    else:
+        method = JobMethod(type=kind, **{kind: MethodHyperparameters(hyperparameters=hyperparameters)})
     return FineTuningJob(
         id=job.id,
         created_at=int(job.created),
@@ -113,6 +135,21 @@ def job_object(runtime: ServingRuntime, job: Job) -> FineTuningJob:
         trained_tokens=job.trained_tokens,
         training_file=job.training_file,
         validation_file=job.validation_file,
+    )
+
+
+def _reinforcement(job: Job, common: JobHyperparameters) -> ReinforcementMethod:
+    hp = job.hyperparameters or {}
+    generations = hp.get("num_generations")
+    return ReinforcementMethod(
+        grader=job.grader or {},
+        hyperparameters=ReinforcementHyperparameters(
+            n_epochs=common.n_epochs,
+            batch_size=common.batch_size,
+            learning_rate_multiplier=common.learning_rate_multiplier,
+            compute_multiplier=round(generations / GROUP, 6) if generations else "auto",
+            eval_interval=hp.get("eval_interval", "auto"),
+        ),
     )
 
 
@@ -155,7 +192,7 @@ def _method_and_hyperparameters(body: JobCreateRequest) -> tuple[str, dict[str, 
     given = dict(body.hyperparameters or {})
     if body.method is None:
         return "sft", given
-    for other in ("supervised", "dpo"):
+    for other in METHOD_TYPES:
         if other != body.method.type and getattr(body.method, other) is not None:
             raise Invalid(
                 f"method.{other} was given but method.type is {body.method.type!r}: send the hyperparameters "
@@ -165,6 +202,19 @@ def _method_and_hyperparameters(body: JobCreateRequest) -> tuple[str, dict[str, 
             )
     block = getattr(body.method, body.method.type)
     return METHOD_TYPES[body.method.type], {**given, **((block.hyperparameters if block else None) or {})}
+
+
+def _grader(body: JobCreateRequest) -> dict[str, Any] | None:
+    """The reinforcement job's grader, validated (a 400 naming the field), as it will be stored."""
+    if body.method is None or body.method.type != "reinforcement":
+        return None
+    if body.method.reinforcement is None:
+        raise Invalid(
+            "method.type is 'reinforcement': send the grader under method.reinforcement.grader",
+            param="method.reinforcement", code="invalid_value",
+        )  # fmt: skip
+    grader = parse_grader(body.method.reinforcement.grader, param="method.reinforcement.grader")
+    return grader.model_dump(mode="json", exclude_none=True)
 
 
 def _resolve_model(runtime: ServingRuntime, model: str) -> str:
@@ -204,6 +254,7 @@ def _config_param(error: ConfigError) -> str:
 
 def _create(runtime: ServingRuntime, body: JobCreateRequest) -> Job:
     method, given = _method_and_hyperparameters(body)
+    grader = _grader(body)
     if body.suffix is not None and not SUFFIX_RE.fullmatch(body.suffix):
         raise Invalid(
             f"suffix {body.suffix!r} is invalid: use 1 to 40 characters of lowercase letters, digits and '-'",
@@ -231,6 +282,7 @@ def _create(runtime: ServingRuntime, body: JobCreateRequest) -> Job:
             suffix=body.suffix,
             hyperparameters=overrides,
             seed=seed,
+            grader=grader,
         )
     except ConfigError as error:
         raise Invalid(f"invalid hyperparameters: {error}", param=_config_param(error), code="invalid_value") from None

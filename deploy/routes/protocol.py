@@ -55,10 +55,15 @@ class MethodParams(_Request):
     hyperparameters: dict[str, Any] | None = None
 
 
+class ReinforcementParams(MethodParams):
+    grader: dict[str, Any] = Field(description="OpenAI's grader object (retrain/graders.py validates it).")
+
+
 class MethodRequest(_Request):
-    type: Literal["supervised", "dpo"]
+    type: Literal["supervised", "dpo", "reinforcement"]
     supervised: MethodParams | None = None
     dpo: MethodParams | None = None
+    reinforcement: ReinforcementParams | None = None
 
 
 class JobCreateRequest(_Request):
@@ -91,11 +96,27 @@ class MethodHyperparameters(BaseModel):
     hyperparameters: JobHyperparameters
 
 
+class ReinforcementHyperparameters(BaseModel):
+    n_epochs: int | Literal["auto"] | None = "auto"
+    batch_size: int | Literal["auto"] | None = "auto"
+    learning_rate_multiplier: float | Literal["auto"] | None = "auto"
+    compute_multiplier: float | Literal["auto"] | None = "auto"  # answers per prompt / the default 8
+    eval_interval: int | Literal["auto"] | None = "auto"
+    eval_samples: int | Literal["auto"] | None = "auto"
+    reasoning_effort: str | None = "default"
+
+
+class ReinforcementMethod(BaseModel):
+    grader: dict[str, Any]
+    hyperparameters: ReinforcementHyperparameters
+
+
 class JobMethod(BaseModel):
     type: str
     supervised: MethodHyperparameters | None = None
     dpo: MethodHyperparameters | None = None
     kto: MethodHyperparameters | None = None  # jobs the loop creates from the store
+    reinforcement: ReinforcementMethod | None = None
 
 
 class FineTuningJob(BaseModel):
@@ -168,3 +189,37 @@ class CheckpointList(BaseModel):
     first_id: str | None = None
     last_id: str | None = None
     has_more: bool = False
+
+
+# -- graders (OpenAI's /v1/fine_tuning/alpha/graders) ---------------------------------------------
+
+
+class GraderRunRequest(_Request):
+    grader: dict[str, Any]
+    model_sample: str = Field(description="The answer to grade: the `sample` namespace (output_text, output_json).")
+    item: dict[str, Any] | None = Field(None, description="The dataset row: the `item` namespace.")
+
+
+class GraderValidateRequest(_Request):
+    grader: dict[str, Any]
+
+
+class GraderValidateResponse(BaseModel):
+    grader: dict[str, Any]
+
+
+class GraderRunMetadata(BaseModel):
+    errors: dict[str, Any]
+    execution_time: float
+    name: str
+    sampled_model_name: str | None = None
+    scores: dict[str, Any]
+    token_usage: int | None = None
+    type: str
+
+
+class GraderRunResponse(BaseModel):
+    metadata: GraderRunMetadata
+    model_grader_token_usage_per_model: dict[str, Any] = Field(default_factory=dict)
+    reward: float
+    sub_rewards: dict[str, Any] = Field(default_factory=dict)

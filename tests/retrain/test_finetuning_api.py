@@ -20,8 +20,9 @@ from openai import OpenAI
 
 from retrain.demo import corpus
 
+from helpers import wait_until_finished
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-JOB_TIMEOUT_SECONDS = 180
 RATCHET = [sys.executable, "-c", "from ratchet.cli import main; main()"]
 TINY = {"n_epochs": 1, "max_length": 128}  # max_length: one of ratchet's own names, passed through
 
@@ -47,16 +48,6 @@ def sft_jsonl(topics, phrasings: int = 2) -> bytes:
 
 def upload(client: OpenAI, name: str, data: bytes):
     return client.files.create(file=(name, data), purpose="fine-tune")
-
-
-def wait_until_finished(client: OpenAI, job_id: str):
-    deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.5)
-    pytest.fail(f"job {job_id} did not finish within {JOB_TIMEOUT_SECONDS} s (last status {job.status})")
 
 
 def registered_by(server, job_id: str) -> list[str]:
