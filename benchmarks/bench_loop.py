@@ -2,11 +2,13 @@
 
     python benchmarks/bench_loop.py                          # seed 0, without and with 10 % flipped ratings
     python benchmarks/bench_loop.py --seeds 0,1,2 --noise 0,0.1 --ratings 300
+    python benchmarks/bench_loop.py --methods sft,rft --noise 0   # filtered SFT beside reinforcement (GRPO)
 
 Each run is a whole `ratchet demo` (deploy/demo.py: server, loop, simulated users who prefer the demo's rare
 `tldr` style) in a fresh workspace sharing one demo model. Reported per run: the preference rate before and
 after (100 fresh answers to held-out prompts each), quality before and after, promotions, the ratings posted
-when the model serving `current` (no canary) first had 80 % of a batch liked, and wall time. Writes
+when the model serving `current` (no canary) first had 80 % of a batch liked, and wall time. `--methods`
+sets RATCHET_LOOP_METHOD per run (auto = filtered SFT on this data; rft = GRPO rewarded by the ratings judge). Writes
 benchmarks/out/loop.json. The script times itself; nothing here asserts a speed.
 """
 
@@ -37,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--noise", default="0,0.1", help="shares of ratings flipped, one run each")
+    parser.add_argument("--methods", default="auto", help="loop methods, one run each (auto, sft, dpo, kto, rft)")
     parser.add_argument("--ratings", type=int, default=240)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--model", type=Path, help="a built demo model dir (default: build one, 600 steps)")
@@ -51,30 +54,37 @@ def main() -> None:
     if read_build_info(model) is None:
         build_demo_model(model, seed=0, steps=600, progress=True)
     runs = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        for noise in [float(n) for n in args.noise.split(",")]:
-            with tempfile.TemporaryDirectory(prefix="ratchet-bench-loop-") as home:
-                shutil.copytree(model, Path(home) / "models" / "demo-tiny-v1")  # the demo model, in place
-                settings = Settings(home=Path(home), port=free_port())
-                result = run_demo(
-                    settings, ratings=args.ratings, minutes=args.minutes, seed=seed, noise=noise, say=lambda *_: None
-                )
-            run = {
-                "seed": seed,
-                "noise": noise,
-                "summary": result.summary(),
-                "before": result.before,
-                "after": result.after,
-                "ratings": result.ratings,
-                "promotions": result.promotions,
-                "ratings_to_80": ratings_to(result.timeline, 0.8),
-                "seconds": round(result.seconds, 1),
-            }
-            runs.append(run)
-            print(
-                f"seed {seed} noise {noise:.0%}: {run['summary']}; 80 % liked after {run['ratings_to_80']} ratings",
-                flush=True,
+    plan = [
+        (seed, noise, method)
+        for seed in [int(s) for s in args.seeds.split(",")]
+        for noise in [float(n) for n in args.noise.split(",")]
+        for method in args.methods.split(",")
+    ]
+    for seed, noise, method in plan:
+        with tempfile.TemporaryDirectory(prefix="ratchet-bench-loop-") as home:
+            shutil.copytree(model, Path(home) / "models" / "demo-tiny-v1")  # the demo model, in place
+            settings = Settings(home=Path(home), port=free_port(), loop_method=method)
+            result = run_demo(
+                settings, ratings=args.ratings, minutes=args.minutes, seed=seed, noise=noise, say=lambda *_: None
             )
+        run = {
+            "method": method,
+            "seed": seed,
+            "noise": noise,
+            "summary": result.summary(),
+            "before": result.before,
+            "after": result.after,
+            "ratings": result.ratings,
+            "promotions": result.promotions,
+            "ratings_to_80": ratings_to(result.timeline, 0.8),
+            "seconds": round(result.seconds, 1),
+        }
+        runs.append(run)
+        print(
+            f"{method} seed {seed} noise {noise:.0%}: {run['summary']}; "
+            f"80 % liked after {run['ratings_to_80']} ratings",
+            flush=True,
+        )
     (OUT / "loop.json").write_text(json.dumps({"runs": runs}, indent=2))
 
 

@@ -7,10 +7,11 @@
 One tick does one of:
 1) a canary runs: count its live ratings per arm (deploy/canary.py) and promote it fully, roll it back,
    or wait;
-2) enough new ratings: pick the method the data supports, queue a fine-tuning job (the server's job
-   runner trains it as a Ray task, at a lower priority than serving), evaluate the candidate through the
-   server against `current` (eval/run.py), and when the gate passes start a canary (or promote at once
-   when `canary_fraction` is 0);
+2) enough new ratings: pick the method the data supports (or RATCHET_LOOP_METHOD; `rft` is reinforcement
+   fine-tuning on the rated prompts with the learned ratings judge as its reward), queue a fine-tuning
+   job (the server's job runner trains it as a Ray task, at a lower priority than serving), evaluate the
+   candidate through the server against `current` (eval/run.py), and when the gate passes start a canary
+   (or promote at once when `canary_fraction` is 0);
 3) nothing.
 Every decision, and every failure with the stage it happened in, is recorded (store state `loop` and
 the decision log); a failure never touches what is served. Ratings collected during a canary are
@@ -151,7 +152,8 @@ class ImprovementLoop:
         )
         # 1) train on everything users said so far
         method = self.pick_method()
-        adapter = self._train(method, parent=current if method == "sft" else "base")
+        # SFT and RFT improve on what is served; DPO and KTO start afresh from the base each round
+        adapter = self._train(method, parent=current if method in ("sft", "rft") else "base")
         # 2) evaluate through the server against what is served, and gate
         self._save(state="evaluating", candidate=adapter)
         outcome = run_evaluation(
@@ -189,6 +191,7 @@ class ImprovementLoop:
         raise RuntimeError("no usable training data yet: no good answers, pairs or thumbs")
 
     def _train(self, method: str, *, parent: str) -> str:
+        from eval.judge import RATINGS_REWARD
         from feedback.models import JobStatus
         from retrain.jobs import create_job, get_job
 
@@ -200,6 +203,8 @@ class ImprovementLoop:
             suffix="loop",
             hyperparameters={"epochs": self.settings.loop_epochs, "learning_rate": self.settings.loop_learning_rate},
             seed=int(self.state["rounds"]),
+            # rft: the reward is the judge learned from the ratings so far (eval/judge.py)
+            grader={"type": RATINGS_REWARD, "name": "ratings"} if method == "rft" else None,
         )
         self._save(job=job.id)
         deadline = time.monotonic() + JOB_TIMEOUT_SECONDS

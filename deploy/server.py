@@ -49,11 +49,15 @@ def _start_job_runner(settings: Settings) -> None:
     global _runner
     from pathlib import Path
 
+    from eval.judge import RATINGS_REWARD, ratings_reward
     from retrain.job_runner import JobRunner
 
     if _runner is None:
         # an absolute workspace: the Ray workers that train need not share this process's cwd
-        _runner = JobRunner(settings.model_copy(update={"home": Path(settings.home).resolve()}))
+        _runner = JobRunner(
+            settings.model_copy(update={"home": Path(settings.home).resolve()}),
+            rewards={RATINGS_REWARD: ratings_reward},  # the loop's reinforcement jobs (deploy/loop.py)
+        )
         _runner.start()
 
 

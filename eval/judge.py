@@ -128,3 +128,19 @@ class LLMJudge:
 
     def describe(self) -> dict[str, Any]:
         return {"judge": self.name, "model": self.model, "url": str(self.client.base_url)}
+
+
+# -- the ratings judge as a reinforcement reward (RATCHET_LOOP_METHOD=rft) ---------------------------
+
+RATINGS_REWARD = "ratings_judge"  # the `type` of the loop's reinforcement jobs' grader
+
+
+def ratings_reward(settings: Any, store: Any, grader: dict[str, Any]):
+    """A reward for retrain/job_runner.py: P(a user rates this answer up), by a judge fitted on the store
+    when the job starts. A few hundred ratings so grade as many fresh answers as training samples."""
+    judge = RatingsJudge.fit(store.engine)
+
+    def reward(answers: list[str], rows: list[dict[str, Any]]) -> list[float]:
+        return [float(p) for p in judge.pipeline.predict_proba(answers)[:, 1]]
+
+    return reward

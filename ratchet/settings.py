@@ -154,9 +154,10 @@ class Settings(BaseSettings):
     loop_every_minutes: float = Field(
         60.0, ge=0, description="... or after this many minutes with at least one new rating (0 = never by time)."
     )
-    loop_method: Literal["auto", "sft", "dpo", "kto"] = Field(
+    loop_method: Literal["auto", "sft", "dpo", "kto", "rft"] = Field(
         "auto",
-        description="Loop: training method; auto = filtered SFT when there are good answers, else DPO, else KTO.",
+        description="Loop: training method; auto = filtered SFT when there are good answers, else DPO, else KTO; "
+        "rft = GRPO on the rated prompts, rewarded by the judge learned from the ratings.",
     )
     loop_epochs: Annotated[int, Field(ge=1, le=100)] | Literal["auto"] = Field(
         "auto",

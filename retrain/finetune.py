@@ -16,6 +16,7 @@ The contract of `fine_tune`:
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,13 +59,33 @@ class TrainingData:
     snapshot: dict[str, Any]  # what the adapter records: source ids or files, content hash, counts
 
 
-def data_from_store(store: FeedbackStore, method: Kind, **options: Any) -> TrainingData:
-    """The method's training set from the store (feedback.datasets: scrubbed, deduplicated, capped, split)."""
+def data_from_store(store: FeedbackStore, method: Kind | str, **options: Any) -> TrainingData:
+    """The method's training set from the store (feedback.datasets: scrubbed, deduplicated, capped, split).
+
+    For "rft" the rows are the prompts of every rated answer, once each, in the KTO set's split: the
+    reward (a grader, or the learned ratings judge) then grades fresh answers to them."""
+    if method == "rft":
+        return _prompts_from_store(store, **options)
     dataset = build(store.engine, method, **options)
     if len(dataset.train) < MIN_TRAIN_ROWS:
         raise DataError(NO_STORE_DATA[method])
     snapshot = {"source": "store", **dataset.snapshot}
     return TrainingData(method, dataset.train, dataset.heldout, snapshot)
+
+
+def _prompts_from_store(store: FeedbackStore, **options: Any) -> TrainingData:
+    dataset = build(store.engine, "kto", **options)
+
+    def prompts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        unique = {json.dumps(row["prompt"], sort_keys=True): row["prompt"] for row in rows}
+        return [{"messages": messages} for messages in unique.values()]
+
+    train, heldout = prompts(dataset.train), prompts(dataset.heldout)
+    if not train:
+        raise DataError("no rated prompts in the store yet: rate some answers, or use a training file")
+    counts = {"train": len(train), "heldout": len(heldout)}
+    snapshot = {"source": "store", **dataset.snapshot, "kind": "rft", "counts": counts}
+    return TrainingData("rft", train, heldout, snapshot)
 
 
 def data_from_file(method: Kind | str, path: Path | str, validation_path: Path | str | None = None) -> TrainingData:

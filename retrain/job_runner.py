@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,11 @@ from retrain.graders import parse_grader
 from retrain.grading import GraderFailed, GradingContext, training_reward
 from retrain.hyperparams import ConfigError, Resources, TrainConfig
 from retrain.jobs import add_event, finish, get_job, load_job_data, recover_interrupted, set_status
+from retrain.trainers import RewardFunction
 
+# A reward kind the layers above retrain supply (the loop's learned ratings judge: eval/judge.py), by the
+# `type` a job's grader names: (settings, store, grader) -> (answers, rows) -> rewards.
+RewardFactory = Callable[[Settings, FeedbackStore, dict[str, Any]], RewardFunction]
 DEFAULT_RESOURCES = Resources(device="auto", torch_threads=1, nice=10, num_cpus=1)
 CANCEL_GRACE_SECONDS = 30.0  # a cancelled task stops at its next step; after this it is killed
 
@@ -38,7 +43,9 @@ class JobCancelled(Exception):
 # -- the training task (runs in a Ray worker process of its own) -------------------------------------
 
 
-def run_job(settings: Settings, job_id: str, resources: Resources) -> dict[str, Any]:
+def run_job(
+    settings: Settings, job_id: str, resources: Resources, rewards: dict[str, RewardFactory] | None = None
+) -> dict[str, Any]:
     """Train one job in this process: data, TRL, registration, events. Returns the outcome for the runner."""
     from retrain.finetune import fine_tune
 
@@ -61,9 +68,7 @@ def run_job(settings: Settings, job_id: str, resources: Resources) -> dict[str, 
                 raise JobCancelled(job_id)
 
         parent = None if job.model in ("base", "", None) else job.model
-        reward = None
-        if job.method == "rft":
-            reward = training_reward(parse_grader(job.grader), GradingContext.from_settings(settings))
+        reward = _reward(job.grader, settings, store, rewards or {}) if job.method == "rft" else None
         record, result = fine_tune(
             settings,
             job.method,
@@ -89,6 +94,13 @@ def run_job(settings: Settings, job_id: str, resources: Resources) -> dict[str, 
         store.close()
 
 
+def _reward(grader: dict[str, Any], settings: Settings, store: FeedbackStore, rewards: dict[str, RewardFactory]):
+    """The job's reward: one of the runner's own reward kinds, or an OpenAI grader (retrain/grading.py)."""
+    if grader.get("type") in rewards:
+        return rewards[grader["type"]](settings, store, grader)
+    return training_reward(parse_grader(grader), GradingContext.from_settings(settings))
+
+
 _REMOTE_CACHE: dict[tuple[float, float], Any] = {}
 
 
@@ -109,8 +121,16 @@ class JobRunner:
     """Takes queued jobs one at a time, oldest first, and runs each as a Ray task; `start()` runs it in a
     background thread, `run_once()` runs the next job in the caller's thread (tests, scripts)."""
 
-    def __init__(self, settings: Settings, *, resources: Resources = DEFAULT_RESOURCES, poll_seconds: float = 1.0):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        resources: Resources = DEFAULT_RESOURCES,
+        poll_seconds: float = 1.0,
+        rewards: dict[str, RewardFactory] | None = None,
+    ):
         self.settings, self.resources, self.poll_seconds = settings, resources, poll_seconds
+        self.rewards = rewards or {}  # reward kinds of the layers above (deploy passes the ratings judge)
         self.store = FeedbackStore(settings.store_url)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -154,7 +174,7 @@ class JobRunner:
     def _supervise(self, job_id: str) -> None:
         import ray
 
-        ref = _remote_run_job(self.resources).remote(self.settings, job_id, self.resources)
+        ref = _remote_run_job(self.resources).remote(self.settings, job_id, self.resources, self.rewards)
         cancelled_at: float | None = None
         while not ray.wait([ref], timeout=self.poll_seconds)[0]:
             if cancelled_at is None and (

@@ -53,14 +53,13 @@ def create_job(
 ) -> Job:
     """Record a job and validate its data now: returns it queued, or failed with the reason.
 
-    Reinforcement jobs (method "rft") need `grader` (a grader already validated by retrain/graders.py)
-    and a `training_file` of RFT rows."""
+    Reinforcement jobs (method "rft") need `grader`: an OpenAI grader already validated by
+    retrain/graders.py, or a reward kind of the job runner's (the loop's `ratings_judge`); without a
+    `training_file` they train on the prompts users rated (retrain/finetune.py)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if (method == "rft") != (grader is not None):
         raise ValueError("a grader goes with reinforcement fine-tuning, and reinforcement needs one")
-    if method == "rft" and training_file is None:
-        raise ValueError("reinforcement fine-tuning trains on a training_file of RFT rows: upload one first")
     TrainConfig.default(method).with_overrides({**(hyperparameters or {}), "seed": seed})  # ConfigError early
     job = Job(
         id=new_id("ftjob"),

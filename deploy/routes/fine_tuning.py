@@ -266,6 +266,11 @@ def _create(runtime: ServingRuntime, body: JobCreateRequest) -> Job:
             "validation_file goes with training_file (the store keeps its own held-out split)",
             param="validation_file", code="invalid_value",
         )  # fmt: skip
+    if grader is not None and body.training_file is None:
+        raise Invalid(
+            "reinforcement fine-tuning trains on a training_file of RFT rows ({\"messages\", reference fields}): "
+            "upload one with POST /v1/files", param="training_file", code="invalid_value",
+        )  # fmt: skip
     model = _resolve_model(runtime, body.model)
     _check_file(runtime, body.training_file, "training_file")
     _check_file(runtime, body.validation_file, "validation_file")
