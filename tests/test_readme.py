@@ -76,6 +76,9 @@ def test_readme_python_blocks_run_against_a_served_app(server, tmp_path, monkeyp
         for topic in corpus.TOPICS[:8]
     ]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    # and the reinforcement block rft.jsonl: prompts, and the field its grader reads
+    prompts = [{"messages": row["messages"][:1], "reference_answer": "TL;DR:"} for row in rows[:4]]
+    (tmp_path / "rft.jsonl").write_text("".join(json.dumps(row) + "\n" for row in prompts))
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for number, block in enumerate(blocks, 1):

@@ -166,3 +166,30 @@ def test_an_evaluation_crash_is_recorded_and_nothing_changes(server, admin):
     with FeedbackStore(server.settings.store_url) as store:
         candidate = AdapterRegistry(store, server.settings.adapters_dir).get(loop.state["candidate"])
     assert candidate.status == "candidate"  # trained and registered, never judged, never served
+
+
+def test_a_reinforcement_round_learns_from_the_ratings_judge(server, admin, users):
+    """RATCHET_LOOP_METHOD=rft: GRPO on the rated prompts, rewarded by the judge fitted on the ratings."""
+    from retrain.jobs import get_job
+    from retrain.runs import read_metrics
+
+    settings = server.settings.model_copy(
+        update={"loop_method": "rft", "loop_every_ratings": 1, "loop_epochs": 1, "canary_fraction": 0.0,
+                "gate_min_pairs": 10, "eval_samples": 2, "eval_prompts": 10}
+    )  # fmt: skip
+    users.run(30)  # both kinds of ratings for the judge, whatever earlier tests left in the store
+    loop = ImprovementLoop(settings, server.url, server.admin_key)
+    try:
+        decision = loop.tick()
+        job_id = loop.state["job"]
+    finally:
+        loop.close()
+    assert decision["action"] in ("promote", "reject"), decision.get("error")
+    assert decision["method"] == "rft"
+    with FeedbackStore(server.settings.store_url) as store:
+        job = get_job(store, job_id)
+        adapter = AdapterRegistry(store, server.settings.adapters_dir).get(decision["adapter"])
+    assert job.grader == {"type": "ratings_judge", "name": "ratings"} and adapter.method == "rft"
+    rewards = [row["reward"] for row in read_metrics(server.settings.runs_dir / job_id) if row["split"] == "train"]
+    assert 0.0 < rewards[0] < 1.0  # the judge's P(liked), not a constant
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3  # and training raised it

@@ -293,8 +293,11 @@ def test_bad_job_requests_are_openai_errors_not_500s(client, run):
         create(training_file=run.good_file, model="base", hyperparameters={"n_epochs": 0})
     assert epochs.value.body["param"] == "hyperparameters.n_epochs"
     with pytest.raises(openai.BadRequestError) as kind:
-        create(training_file=run.good_file, model="base", method={"type": "reinforcement"})
+        create(training_file=run.good_file, model="base", method={"type": "distillation"})
     assert kind.value.body["param"] == "method.type"
+    with pytest.raises(openai.BadRequestError) as graderless:
+        create(training_file=run.good_file, model="base", method={"type": "reinforcement"})
+    assert graderless.value.body["param"].startswith("method.reinforcement")
     with pytest.raises(openai.BadRequestError) as suffix:
         create(training_file=run.good_file, model="base", suffix="Not OK!")
     assert suffix.value.body["param"] == "suffix"
