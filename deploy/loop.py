@@ -35,6 +35,14 @@ JOB_TIMEOUT_SECONDS = 1800.0
 METHOD_MINIMUM = {"sft": 1, "dpo": 1, "kto": 2}
 
 
+def check_loop_grader(settings: Settings) -> None:
+    """RATCHET_LOOP_GRADER, when set, must be a valid OpenAI grader (GraderInvalid names the field)."""
+    if settings.loop_grader is not None:
+        from retrain.graders import parse_grader
+
+        parse_grader(settings.loop_grader, "RATCHET_LOOP_GRADER")
+
+
 class AdminClient:
     """The admin API of a running server (promote, rollback, canary, status)."""
 
@@ -83,6 +91,7 @@ class ImprovementLoop:
         self.state.setdefault("last_decision", None)  # the status contract always carries it
         self.state.setdefault("ratings_at_last_round", 0)
         self.state.setdefault("last_round_at", time.time())
+        check_loop_grader(settings)  # a bad grader fails at start, not one round later
         self._save()
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -190,8 +199,13 @@ class ImprovementLoop:
                 return method
         raise RuntimeError("no usable training data yet: no good answers, pairs or thumbs")
 
-    def _train(self, method: str, *, parent: str) -> str:
+    def _grader(self) -> dict[str, Any]:
+        """rft's reward: the configured grader, else the judge learned from the ratings so far (eval/judge.py)."""
         from eval.judge import RATINGS_REWARD
+
+        return self.settings.loop_grader or {"type": RATINGS_REWARD, "name": "ratings"}
+
+    def _train(self, method: str, *, parent: str) -> str:
         from feedback.models import JobStatus
         from retrain.jobs import create_job, get_job
 
@@ -203,8 +217,7 @@ class ImprovementLoop:
             suffix="loop",
             hyperparameters={"epochs": self.settings.loop_epochs, "learning_rate": self.settings.loop_learning_rate},
             seed=int(self.state["rounds"]),
-            # rft: the reward is the judge learned from the ratings so far (eval/judge.py)
-            grader={"type": RATINGS_REWARD, "name": "ratings"} if method == "rft" else None,
+            grader=self._grader() if method == "rft" else None,
         )
         self._save(job=job.id)
         deadline = time.monotonic() + JOB_TIMEOUT_SECONDS

@@ -81,6 +81,10 @@ def serve_forever(settings: Settings, *, progress=None, with_loop: bool = False)
     from deploy.workspace import init_workspace, read_admin_key
 
     say = progress.print if progress is not None else print
+    if with_loop:  # before the workspace (and maybe a demo model build): a bad setting fails at once
+        from deploy.loop import check_loop_grader
+
+        check_loop_grader(settings)
     init_workspace(settings)
     say(f"starting Ray Serve ({settings.engine} engine, base {settings.base_model_id}) ...")
     url = start(settings)

@@ -18,7 +18,7 @@ The workspace (`home`) holds everything a run produces:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -158,6 +158,11 @@ class Settings(BaseSettings):
         "auto",
         description="Loop: training method; auto = filtered SFT when there are good answers, else DPO, else KTO; "
         "rft = GRPO on the rated prompts, rewarded by the judge learned from the ratings.",
+    )
+    loop_grader: dict[str, Any] | None = Field(
+        None,
+        description="Loop, rft: an OpenAI grader (JSON) as the reward instead of the learned ratings judge; "
+        'its item is {"messages": the rated prompt}, so it grades {{ sample.output_text }} alone.',
     )
     loop_epochs: Annotated[int, Field(ge=1, le=100)] | Literal["auto"] = Field(
         "auto",
