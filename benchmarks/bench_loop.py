@@ -7,7 +7,8 @@
 Each run is a whole `ratchet demo` (deploy/demo.py: server, loop, simulated users who prefer the demo's rare
 `tldr` style) in a fresh workspace sharing one demo model. Reported per run: the preference rate before and
 after (100 fresh answers to held-out prompts each), quality before and after, promotions, the ratings posted
-when the model serving `current` (no canary) first had 80 % of a batch liked, and wall time. `--methods`
+when the model serving `current` (no canary) first had 80 % of a batch liked, wall time, and the gate's
+rejections (how many the judge's win-rate passed: a candidate that learned the judge, not the users). `--methods`
 sets RATCHET_LOOP_METHOD per run (auto = filtered SFT on this data; rft = GRPO rewarded by the ratings judge). Writes
 benchmarks/out/loop.json. The script times itself; nothing here asserts a speed.
 """
@@ -33,6 +34,18 @@ def ratings_to(timeline: list[dict], level: float) -> int | None:
         if point["current"] != "base" and not point["canary"] and point["liked"] >= level:
             return point["ratings"]
     return None
+
+
+def gate_tally(store_url: str) -> dict[str, int]:
+    """The loop's rejected candidates, and those the judge's win-rate passed but a check that does not ask the
+    judge (quality, regression suite, held-out loss) failed: reward hacking the gate caught."""
+    from deploy.promotion import decisions
+    from feedback.store import FeedbackStore
+
+    with FeedbackStore(store_url) as store:
+        rejected = [d for d in decisions(store) if d.get("source") == "loop" and d["action"] == "reject"]
+    fooled = [d for d in rejected if any(reason.startswith("ok: win-rate") for reason in d["reasons"])]
+    return {"rejected": len(rejected), "judge_fooled": len(fooled)}
 
 
 def main() -> None:
@@ -67,6 +80,7 @@ def main() -> None:
             result = run_demo(
                 settings, ratings=args.ratings, minutes=args.minutes, seed=seed, noise=noise, say=lambda *_: None
             )
+            gate = gate_tally(settings.store_url)
         run = {
             "method": method,
             "seed": seed,
@@ -77,12 +91,14 @@ def main() -> None:
             "ratings": result.ratings,
             "promotions": result.promotions,
             "ratings_to_80": ratings_to(result.timeline, 0.8),
+            **gate,
             "seconds": round(result.seconds, 1),
         }
         runs.append(run)
         print(
             f"{method} seed {seed} noise {noise:.0%}: {run['summary']}; "
-            f"80 % liked after {run['ratings_to_80']} ratings",
+            f"80 % liked after {run['ratings_to_80']} ratings; gate: {gate['rejected']} rejected, "
+            f"{gate['judge_fooled']} of them with the judge's win-rate passing",
             flush=True,
         )
     (OUT / "loop.json").write_text(json.dumps({"runs": runs}, indent=2))
