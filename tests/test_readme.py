@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import wait_until_finished
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 README_URL = "http://127.0.0.1:8000"
@@ -89,3 +91,6 @@ def test_readme_python_blocks_run_against_a_served_app(server, tmp_path, monkeyp
     assert namespace["rated"].status_code in (200, 201)
     assert namespace["job"].status == "succeeded"
     assert namespace["job"].fine_tuned_model.startswith("ft-")
+    rft_job = wait_until_finished(namespace["client"], namespace["rft_job"].id)  # GRPO with the README's grader
+    assert rft_job.status == "succeeded", rft_job.error
+    assert rft_job.method.type == "reinforcement" and rft_job.fine_tuned_model.startswith("ft-")
