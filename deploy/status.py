@@ -1,6 +1,7 @@
 """The status object (docs/api.md, docs/cli.md): what `GET /admin/status` and `ratchet status --json` both return.
 
-{"current", "previous", "canary": null | {"adapter", "fraction", "started", "ratings": {arm: {up, n}}},
+{"current", "previous", "canary": null | {"adapter", "fraction", "started", "ratings": {arm: {up, n}},
+                                          "test": {"action", "reason", "stats"} (deploy/canary.py's decide)},
  "engine", "base_model", "loop": {"state", "last_decision", ...}, "counts": {... as data stats ...},
  "decisions": [the last ten, newest last]}
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deploy.canary import arm_counts
+from deploy.canary import arm_counts, decide
 from deploy.promotion import decisions
 from feedback.store import FeedbackStore
 from ratchet.settings import Settings
@@ -19,7 +20,8 @@ def status_object(settings: Settings, store: FeedbackStore, **live: Any) -> dict
     state = store.routing_state()
     canary = state["canary"]
     if canary:
-        canary = {**canary, "ratings": arm_counts(store, canary)}
+        counts = arm_counts(store, canary)
+        canary = {**canary, "ratings": counts, "test": decide(counts, settings)}
     loop = store.get_state("loop") or {"state": "stopped", "last_decision": None}
     return {
         "current": state["current"],
