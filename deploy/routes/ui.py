@@ -45,7 +45,7 @@ def _page(file: str):
 
 
 for suffix, file in PAGES.items():
-    router.add_api_route("/ui" + suffix, _page(file), methods=["GET"])
+    router.add_api_route("/ui" + suffix, _page(file), methods=["GET", "HEAD"])
 
 
 @router.get("/ui/assets/{name}")

@@ -4,7 +4,9 @@ import { $, el, api, answer, keyBar, header, fillModels, userName, showError } f
 
 // Each side a pinned model or, left on random, a random one different from the other side.
 function pickPair(select, pinned) {
-  const names = [...select.options].map((o) => o.value).filter(Boolean);
+  let names = [...select.options].map((o) => o.value).filter(Boolean);
+  const named = names.filter((name) => name !== "current"); // "current" is one of them under another name
+  if (named.length >= 2) names = named;
   if (names.length < 2) throw new Error("the arena needs two models: register an adapter first");
   const pair = [...pinned];
   for (const i of [0, 1]) {
@@ -60,7 +62,8 @@ async function castVote(ui, key, results, sides, winner) {
     const saved = await api("/v1/comparisons", {
       key: key(), method: "POST", body: { completion_ids: results.map((r) => r.id), winner, user: userName() },
     });
-    ui.votes.replaceChildren(el("span", { class: "saved" }, `vote saved (${saved.id})`));
+    const same = results[0].model === results[1].model ? " · both answers came from the same model" : "";
+    ui.votes.replaceChildren(el("span", { class: "saved" }, `vote saved (${saved.id})${same}`));
     results.forEach((r, i) => sides[i].meta.replaceChildren("model ", el("code", { class: "answered-by" }, r.model),
       " · ", el("code", { class: "completion-id" }, r.id), winner === r.id ? " · winner" : ""));
   } catch (error) {

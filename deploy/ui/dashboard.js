@@ -62,7 +62,7 @@ function actions(status, adapters) {
 function counts(c) {
   const item = (label, value) => el("div", { class: "count" }, el("b", {}, String(value)), el("span", {}, label));
   return el("div", { class: "counts" }, item("completions", c.completions), item("ratings", c.ratings.total),
-    item("👍", c.ratings.up), item("👎", c.ratings.down), item("scores", c.ratings.scores),
+    item("▲ good", c.ratings.up), item("▼ bad", c.ratings.down), item("scores", c.ratings.scores),
     item("comparisons", c.comparisons), item("people", c.users));
 }
 
@@ -155,7 +155,7 @@ async function jobs() {
 
 function ratingRows(page) {
   return page.data.map((r) => el("tr", {}, el("td", {}, when(r.created)), el("td", {}, el("code", {}, r.adapter)),
-    el("td", {}, r.rating === 1 ? "👍" : r.rating === -1 ? "👎" : `${r.score}/5`), el("td", { class: "prompt" }, r.prompt),
+    el("td", {}, r.rating === 1 ? "▲ good" : r.rating === -1 ? "▼ bad" : `${r.score}/5`), el("td", { class: "prompt" }, r.prompt),
     el("td", { class: "answer" }, r.answer), el("td", {}, [r.comment, r.correction && `correction: ${r.correction}`].filter(Boolean).join(" · "))));
 }
 

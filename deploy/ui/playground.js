@@ -13,7 +13,7 @@ export function ratingPanel(completionId, key) {
   const thumbs = [1, -1].map((value) => el("button", {
     class: "thumb", title: value > 0 ? "good answer" : "bad answer", "data-rating": value,
     onclick: () => choose({ rating: value, score: null }),
-  }, value > 0 ? "👍" : "👎"));
+  }, value > 0 ? "▲ good" : "▼ bad"));
   const scores = [1, 2, 3, 4, 5].map((value) => el("button", {
     class: "score", "data-score": value, title: `score ${value} of 5`, onclick: () => choose({ rating: null, score: value }),
   }, String(value)));
@@ -28,7 +28,7 @@ export function ratingPanel(completionId, key) {
 
   async function post() {
     if (state.rating === null && state.score === null) {
-      if (!correction.value.trim()) return void (result.textContent = "choose 👍, 👎 or a score first");
+      if (!correction.value.trim()) return void (result.textContent = "choose good, bad or a score first");
       state.rating = -1; // a correction says the answer was not the one wanted
       thumbs[1].classList.add("on");
     }
