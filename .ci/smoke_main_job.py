@@ -160,6 +160,18 @@ def smoke_server(ratchet: str, env: dict, server: subprocess.Popen, url: str, wo
 
     step("ratchet simulate --ratings 10", simulate)
 
+    def web_ui() -> None:  # the pages and their assets ship in the light install (package data)
+        root = httpx.get(url, timeout=60)
+        check(root.status_code == 307 and root.headers.get("location") == "/ui", f"GET / -> {root.status_code}")
+        for path in ("/ui", "/ui/arena", "/ui/dashboard"):
+            page = httpx.get(url + path, timeout=60)
+            check(page.status_code == 200 and "<div id=\"app\">" in page.text, f"GET {path} -> {page.status_code}")
+        for asset in ("ui.js", "playground.js", "arena.js", "dashboard.js", "style.css", "icon.svg"):
+            found = httpx.get(f"{url}/ui/assets/{asset}", timeout=60)
+            check(found.status_code == 200 and found.content, f"GET /ui/assets/{asset} -> {found.status_code}")
+
+    step("web UI pages and assets (/ui)", web_ui)
+
 
 def wait_healthy(server: subprocess.Popen, url: str) -> None:
     deadline = time.monotonic() + SERVE_START_SECONDS
@@ -203,6 +215,8 @@ def up(ratchet: str, env: dict, work: Path) -> None:
                 loop = json.loads(status.stdout)["loop"]
                 time.sleep(1)
             check(loop.get("state") not in (None, "stopped"), f"status reports no running loop: {loop}")
+            printed = (work / "up.log").read_text(errors="replace")
+            check(f"web UI: http://127.0.0.1:{port}/ui" in printed, "`ratchet up` did not print the web UI's URL")
             interrupt(server)
         except StepFailed:
             log.flush()

@@ -89,6 +89,8 @@ def serve_forever(settings: Settings, *, progress=None, with_loop: bool = False)
     say(f"starting Ray Serve ({settings.engine} engine, base {settings.base_model_id}) ...")
     url = start(settings)
     say(f"ratchet is serving on {url}  (OpenAI base_url {url}/v1; Ctrl-C stops)")
+    say(f"web UI: {url}/ui")  # short: a narrow terminal must not wrap the URL
+    say("  (playground and arena; the dashboard takes the admin key, <home>/admin.key)")
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())

@@ -35,9 +35,10 @@ function served(status) {
   return body;
 }
 
-function actions(status, adapters) {
+// `names`: every servable adapter (/v1/models) and the newest page of the timeline (rejected ones too, for force).
+function actions(status, names) {
   const choice = el("select", { id: "promote-adapter", "aria-label": "adapter to promote", onchange: () => { view.promote = choice.value; } },
-    el("option", { value: "base" }, "base"), adapters.map((a) => el("option", { value: a.name, selected: a.name === view.promote }, `${a.name} (${a.status})`)));
+    ["base", ...names].map((name) => el("option", { value: name, selected: name === view.promote }, name)));
   const act = async (question, path, body) => {
     if (!window.confirm(question)) return;
     try {
@@ -168,10 +169,12 @@ function ratings(page) {
 async function refresh() {
   const target = $("#board");
   try {
-    const [status, stats, adapters, rated] = await Promise.all([admin("/admin/status"), admin("/admin/stats?hours=48"),
-      admin("/admin/adapters?limit=20"), view.ratingsBefore === null ? admin("/admin/ratings?limit=20") : null]);
+    const [status, stats, adapters, models, rated] = await Promise.all([admin("/admin/status"), admin("/admin/stats?hours=48"),
+      admin("/admin/adapters?limit=20"), admin("/v1/models"), view.ratingsBefore === null ? admin("/admin/ratings?limit=20") : null]);
+    const names = [...new Set([...models.data.map((m) => m.id), ...adapters.data.map((a) => a.name)])]
+      .filter((name) => !["current", "base"].includes(name)).sort().reverse();
     const sections = [
-      card("served", "Served now", ...served(status), actions(status, adapters.data)),
+      card("served", "Served now", ...served(status), actions(status, names)),
       card("numbers", "Feedback", counts(status.counts), ...charts(stats)),
       card("loop", "The loop's decisions", decisionTable(stats.decisions)),
       view.adaptersBefore === null ? card("timeline", "Adapters", ...timeline(adapters)) : $("#timeline"),
