@@ -45,7 +45,10 @@ FIRST_TEXT_JS = """async (prompt) => {
   return await new Promise((resolve) => {
     const check = () => {
       const answer = document.querySelectorAll('.msg.assistant')[n];
-      if (answer && answer.querySelector('.text').textContent.length) { observer.disconnect(); resolve(performance.now() - started); }
+      if (answer && answer.querySelector('.text').textContent.length) {
+        observer.disconnect();
+        resolve(performance.now() - started);
+      }
     };
     const observer = new MutationObserver(check);
     observer.observe(document.querySelector('#transcript'), { subtree: true, childList: true, characterData: true });
@@ -87,7 +90,8 @@ def one_loop_round(settings, url: str, admin_key: str) -> dict:
         users.run(60)
     finally:
         users.close()
-    loop = ImprovementLoop(settings.model_copy(update={"loop_every_ratings": 1, "canary_fraction": 0.3}), url, admin_key)
+    settings = settings.model_copy(update={"loop_every_ratings": 1, "canary_fraction": 0.3})
+    loop = ImprovementLoop(settings, url, admin_key)
     try:
         return loop.tick() or {}
     finally:
@@ -167,7 +171,7 @@ def main() -> None:
     parser.add_argument("--ratings", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--screenshots", type=Path, default=None, help="write ui-playground.png, ui-dashboard.png here")
-    parser.add_argument("--base-model", type=Path, default=None, help="a model dir (default: the benchmarks' demo model)")
+    parser.add_argument("--base-model", type=Path, default=None, help="a model dir (default: a benchmark demo model)")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from playwright.sync_api import sync_playwright
@@ -185,7 +189,8 @@ def main() -> None:
         admin_key = read_admin_key(settings)
         try:
             decision = one_loop_round(settings, url, admin_key)
-            print(f"loop round: {decision.get('action')} {decision.get('adapter', '')} {decision.get('reason') or decision.get('error', '')}", file=sys.stderr)
+            why = decision.get("reason") or decision.get("error", "")
+            print(f"loop round: {decision.get('action')} {decision.get('adapter', '')} {why}", file=sys.stderr)
             adapters = ["base", *([decision["adapter"]] if decision.get("adapter") else [])]
             fill_store(settings.store_url, args.ratings, adapters)
             with sync_playwright() as playwright:
