@@ -11,6 +11,8 @@ let keys;
 const card = (id, title, ...body) => el("section", { class: "card", id }, el("h2", {}, title), ...body);
 const badge = (text, kind = text) => el("span", { class: `badge ${kind}` }, text);
 const admin = (path, options = {}) => api(path, { key: keys.get(), ...options });
+// A decision's why: its reason or error, else the gate's failed checks (all its checks when none failed).
+const why = (d) => d.reason || d.error || ((d.reasons || []).filter((r) => r.startsWith("FAILED")).join("; ") || (d.reasons || []).join("; "));
 
 function served(status) {
   const canary = status.canary;
@@ -31,7 +33,7 @@ function served(status) {
       el("p", {}, badge(test.action || "wait"), " ", test.reason || ""));
   }
   const last = status.loop?.last_decision;
-  if (last) body.push(el("p", { class: "muted" }, `last loop decision: ${last.action} ${last.adapter || ""} — ${last.reason || last.error || ""}`));
+  if (last) body.push(el("p", { class: "muted" }, `last loop decision: ${last.action} ${last.adapter || ""} — ${why(last)}`));
   return body;
 }
 
@@ -72,7 +74,7 @@ function charts(stats) {
   const labels = hours.map((h) => new Date(h * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
   const first = hours[0], last = hours[hours.length - 1] + 3600;
   const marks = stats.decisions.filter((d) => d.at >= first && d.at < last && d.action !== "wait")
-    .map((d) => ({ x: Math.floor((d.at - first) / 3600), kind: d.action, label: `${d.action} ${d.adapter || ""}: ${d.reason || ""}` }));
+    .map((d) => ({ x: Math.floor((d.at - first) / 3600), kind: d.action, label: `${d.action} ${d.adapter || ""}: ${why(d)}` }));
   const liked = stats.liked.map((r) => ({ ...r, label: r.adapter, text: `${pct(r.estimate)} of ${r.n}` }));
   return [el("h3", {}, `Ratings per hour by adapter (last ${hours.length} h; lines mark the loop's decisions)`),
     Object.keys(series).length ? stackedBars(labels, series, marks) : el("p", { class: "muted" }, "no ratings in this window"),
@@ -85,7 +87,7 @@ function decisionTable(items) {
   if (!recent.length) return el("p", { class: "muted" }, "the loop has not decided anything yet");
   return el("table", { class: "list", id: "decisions" }, el("tr", {}, ["when", "decision", "adapter", "why"].map((h) => el("th", {}, h))),
     recent.map((d) => el("tr", {}, el("td", {}, when(d.at)), el("td", {}, badge(d.action)), el("td", {}, d.adapter || ""),
-      el("td", {}, d.reason || d.error || ""))));
+      el("td", {}, why(d)))));
 }
 
 async function showFiles(adapter, target) {
