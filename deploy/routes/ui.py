@@ -11,15 +11,17 @@ so model output, which the scripts insert as text, cannot run either.
 from __future__ import annotations
 
 from pathlib import Path
+from string import Template
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
 from serving.errors import APIError
 
 router = APIRouter(include_in_schema=False)
 FILES = Path(__file__).resolve().parent.parent / "ui"
-PAGES = {"": "playground.html", "/arena": "arena.html", "/dashboard": "dashboard.html"}
+PAGES = {"": ("Playground", "playground"), "/arena": ("Arena", "arena"), "/dashboard": ("Dashboard", "dashboard")}
+SHELL = Template((FILES / "page.html").read_text(encoding="utf-8"))  # one HTML shell: a title and a script
 ASSETS = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 HEADERS = {
     "Content-Security-Policy": (
@@ -37,15 +39,17 @@ async def root() -> RedirectResponse:
     return RedirectResponse("/ui", status_code=307)
 
 
-def _page(file: str):
-    async def page() -> FileResponse:
-        return FileResponse(FILES / file, media_type="text/html; charset=utf-8", headers=HEADERS)
+def _page(title: str, script: str):
+    html = SHELL.substitute(title=title, script=script)
+
+    async def page() -> HTMLResponse:
+        return HTMLResponse(html, headers=HEADERS)
 
     return page
 
 
-for suffix, file in PAGES.items():
-    router.add_api_route("/ui" + suffix, _page(file), methods=["GET", "HEAD"])
+for suffix, (title, script) in PAGES.items():
+    router.add_api_route("/ui" + suffix, _page(title, script), methods=["GET", "HEAD"])
 
 
 @router.get("/ui/assets/{name}")

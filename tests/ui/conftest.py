@@ -42,7 +42,6 @@ def page(browser, request):
     assert not errors, f"the page's scripts raised: {errors}"
 
 
-
 @pytest.fixture
 def artifact(page):
     """artifact("name"): a full-page screenshot of the page now, as test-artifacts/ui/name.png."""

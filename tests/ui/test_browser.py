@@ -5,13 +5,17 @@ Each test leaves `current` on the base model, no canary and no API key behind (t
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from feedback.models import Adapter, Comparison, Completion, Rating
 from feedback.store import FeedbackStore
+
+from helpers import register_test_adapter
 
 pytestmark = [pytest.mark.e2e]
 XSS = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script><b>bold?</b>'
@@ -163,3 +167,38 @@ def test_the_dashboard_promotes_an_adapter_and_shows_model_output_as_text(server
     page.wait_for_timeout(500)
     assert admin.get("/admin/status").json()["current"] == server.adapter
     artifact("dashboard-promoted")
+
+
+def test_the_dashboard_shows_a_canary_and_its_test_and_stops_it(server, page, admin, artifact):
+    canary = register_test_adapter(server.settings, seed=7)
+    started = admin.post("/admin/canary", json={"adapter": canary, "fraction": 0.5})
+    assert started.status_code == 200, started.text
+    page.goto(server.url + "/ui/dashboard")
+    use_key(page, server.admin_key)
+    page.locator("#canary", has_text=canary).wait_for()
+    served = page.locator("#served").inner_text()
+    assert "50%" in served and "0/0 liked" in served and "ratings an arm needed" in served  # the test waits
+    artifact("dashboard-canary")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#stop-canary")
+    page.locator("#stop-canary").wait_for(state="detached")
+    status = admin.get("/admin/status").json()
+    assert status["canary"] is None
+    assert admin.get("/admin/adapters", params={"limit": 5}).json()["data"][0]["status"] == "rejected"
+
+
+def test_the_dashboard_shows_an_adapters_loss_plot_fetched_with_the_admin_key(server, page):
+    run = server.settings.runs_dir / server.adapter  # where training leaves an adapter's loss.png
+    run.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(__file__).resolve().parents[2] / "docs" / "img" / "rft-reward.png", run / "loss.png")
+    page.goto(server.url + "/ui/dashboard")
+    use_key(page, server.admin_key)
+    row = page.locator(f"#adapters tr[data-adapter='{server.adapter}']")
+    while not row.count():  # the session's adapter is the oldest: page back to it
+        page.click("#older-adapters")
+        page.wait_for_timeout(300)
+    row.locator("button", has_text="report").click()
+    image = page.locator("#adapter-files img")
+    image.wait_for()
+    assert image.get_attribute("src").startswith("blob:")  # fetched with the header, never a key in a URL
+    assert page.evaluate("document.querySelector('#adapter-files img').naturalWidth") > 0
