@@ -131,8 +131,8 @@ def test_an_arena_vote_is_blind_until_cast_and_stored_as_a_comparison(server, pa
     names = [page.locator(f"#side-{side} .answered-by").inner_text() for side in ("a", "b")]
     assert names[0] != names[1]  # a random pair never asks the same name twice
     with store.session() as session:
-        vote = session.query(Comparison).filter(Comparison.completion_a == ids[0]).one()
-    assert (vote.completion_b, vote.winner) == (ids[1], ids[0])
+        vote = session.query(Comparison).filter(Comparison.completion_a == min(ids)).one()  # stored sorted
+    assert (vote.completion_b, vote.winner) == (max(ids), ids[0])  # A won
 
 
 def test_the_dashboard_promotes_an_adapter_and_shows_model_output_as_text(server, page, store, admin, artifact):
@@ -193,6 +193,7 @@ def test_the_dashboard_shows_an_adapters_loss_plot_fetched_with_the_admin_key(se
     shutil.copy(Path(__file__).resolve().parents[2] / "docs" / "img" / "rft-reward.png", run / "loss.png")
     page.goto(server.url + "/ui/dashboard")
     use_key(page, server.admin_key)
+    page.locator("#adapters tbody tr").first.wait_for()
     row = page.locator(f"#adapters tr[data-adapter='{server.adapter}']")
     while not row.count():  # the session's adapter is the oldest: page back to it
         page.click("#older-adapters")
