@@ -22,13 +22,16 @@ from feedback.models import Completion, Rating
 from feedback.store import FeedbackStore
 from ratchet.settings import Settings
 
+# Per rating, in SQL: 1 when it is liked (a thumbs up, a score of 4-5), and 1 when it is judged at all (a thumb,
+# or a score other than 3). The canary and the dashboard count with these.
+LIKED = case((Rating.rating == 1, 1), (Rating.score >= 4, 1), else_=0)
+JUDGED = case((Rating.rating.is_not(None), 1), (Rating.score >= 4, 1), (Rating.score <= 2, 1), else_=0)
+
 
 def arm_counts(store: FeedbackStore, canary: dict[str, Any]) -> dict[str, dict[str, int]]:
     """{"canary": {"up", "n"}, "current": {"up", "n"}} over ratings of completions since the canary began."""
-    up = case((Rating.rating == 1, 1), (Rating.score >= 4, 1), else_=0)
-    judged = case((Rating.rating.is_not(None), 1), (Rating.score >= 4, 1), (Rating.score <= 2, 1), else_=0)
     query = (
-        select(Completion.route, func.sum(up), func.sum(judged))
+        select(Completion.route, func.sum(LIKED), func.sum(JUDGED))
         .join(Rating, Rating.completion_id == Completion.id)
         .where(
             and_(

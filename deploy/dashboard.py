@@ -7,7 +7,7 @@
     report_file        a file of an adapter's evaluation report or training run, by a fixed name only
 
 A rating counts as liked when it is a thumbs up or a score of 4-5, disliked for a thumbs down or 1-2
-(the canary's rule, deploy/canary.py); a score of 3 is neither.
+(deploy/canary.py's LIKED and JUDGED, the canary's own rule); a score of 3 is neither.
 """
 
 from __future__ import annotations
@@ -16,16 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Integer, case, cast, func, select
+from sqlalchemy import Integer, cast, func, select
 
+from deploy.canary import JUDGED, LIKED
 from eval.stats import wilson
 from feedback.errors import NotFound
 from feedback.models import Adapter, Completion, Rating
 from feedback.registry import AdapterRegistry
 from feedback.store import FeedbackStore
 
-UP = case((Rating.rating == 1, 1), (Rating.score >= 4, 1), else_=0)
-JUDGED = case((Rating.rating.is_not(None), 1), (Rating.score >= 4, 1), (Rating.score <= 2, 1), else_=0)
 REPORT_FILES = ("report.md", "win_rate.png", "loss.png")
 TEXT_CHARS = 400  # a rating page shows this much of a prompt or an answer
 
@@ -59,19 +58,15 @@ def ratings_per_hour(store: FeedbackStore, *, hours: int = 48, now: float | None
 def liked_shares(store: FeedbackStore) -> list[dict[str, Any]]:
     """[{"adapter", "up", "n", "estimate", "low", "high"}] for every adapter that has judged ratings."""
     query = (
-        select(Completion.adapter, func.sum(UP), func.sum(JUDGED), func.min(Rating.created))
+        select(Completion.adapter, func.sum(LIKED), func.sum(JUDGED))
         .join(Completion, Completion.id == Rating.completion_id)
         .group_by(Completion.adapter)
+        .having(func.sum(JUDGED) > 0)
+        .order_by(func.min(Rating.created))  # the adapter rated first comes first
     )
     with store.session() as session:
         rows = session.execute(query).all()
-    shares = []
-    for adapter, up, n, _first in sorted(rows, key=lambda row: row[3]):  # oldest adapter first
-        if int(n or 0) == 0:
-            continue
-        interval = wilson(int(up or 0), int(n))
-        shares.append({"adapter": adapter, "up": int(up or 0), **interval.as_dict()})
-    return shares
+    return [{"adapter": adapter, "up": int(up), **wilson(int(up), int(n)).as_dict()} for adapter, up, n in rows]
 
 
 def adapter_page(
@@ -141,7 +136,7 @@ def _report_path(adapter: Adapter, file: str, runs_dir: Path) -> Path | None:
     folders = [Path(adapter.report).parent] if adapter.report else []
     if file == "loss.png":
         run_dir = (adapter.metrics or {}).get("run_dir")
-        runs = [Path(run_dir)] if run_dir else [Path(runs_dir) / run for run in (adapter.job_id, adapter.name) if run]
+        runs = [Path(run_dir)] if run_dir else [runs_dir / run for run in (adapter.job_id, adapter.name) if run]
         folders += runs
     for folder in folders:
         path = folder / file
