@@ -1,6 +1,6 @@
 // The arena: one prompt, two models answering side by side, names hidden until the vote (A, B or tie),
 // which goes to /v1/comparisons. The names are not in the page at all before the vote.
-import { $, el, api, answer, keyBar, header, fillModels, userName, showError } from "/ui/assets/ui.js";
+import { $, el, api, answer, keyBar, header, fillModels, userName, showError, sampling } from "/ui/assets/ui.js";
 
 // Each side a pinned model or, left on random, a random one different from the other side.
 function pickPair(select, pinned) {
@@ -38,8 +38,7 @@ async function battle(ui, key) {
   ui.votes.replaceChildren();
   ui.ask.disabled = true;
   const request = (model) => ({
-    key: key(), model, messages: [{ role: "user", content: prompt }], user: userName(),
-    temperature: Number(ui.temperature.value), max_tokens: Number(ui.maxTokens.value),
+    key: key(), model, messages: [{ role: "user", content: prompt }], user: userName(), ...ui.sampling.params(),
   });
   try {
     const results = await Promise.all(pair.map((model, i) =>
@@ -76,8 +75,7 @@ function main() {
     status: el("div", { id: "status" }),
     pinA: el("select", { id: "model-a", "aria-label": "model A" }),
     pinB: el("select", { id: "model-b", "aria-label": "model B" }),
-    temperature: el("input", { id: "temperature", type: "number", min: 0, max: 2, step: 0.1, value: 0.7 }),
-    maxTokens: el("input", { id: "max-tokens", type: "number", min: 1, max: 4096, value: 128 }),
+    sampling: sampling(),
     prompt: el("textarea", { id: "prompt", rows: 3, placeholder: "One prompt, two blind answers" }),
     board: el("div", { class: "board" }),
     votes: el("div", { class: "votes" }),
@@ -92,8 +90,7 @@ function main() {
   ui.ask = el("button", { id: "ask", class: "primary", onclick: () => battle(ui, keys.get) }, "Ask both");
   $("#app").append(header("/ui/arena", keys.node), el("main", {},
     el("p", { class: "muted" }, "Two models answer; their names stay hidden until you vote. Leave both on random for a blind pair."),
-    el("div", { class: "controls" }, el("label", {}, "A ", ui.pinA), el("label", {}, "B ", ui.pinB),
-      el("label", {}, "temperature ", ui.temperature), el("label", {}, "max tokens ", ui.maxTokens)),
+    el("div", { class: "controls" }, el("label", {}, "A ", ui.pinA), el("label", {}, "B ", ui.pinB), ...ui.sampling.labels),
     ui.status, el("div", { class: "composer" }, ui.prompt, ui.ask), ui.board, ui.votes));
   load(keys.get());
 }

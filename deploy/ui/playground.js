@@ -1,5 +1,5 @@
 // The playground: chat with current, base or any adapter, and rate every answer through /v1/feedback.
-import { $, el, api, answer, keyBar, header, fillModels, userName } from "/ui/assets/ui.js";
+import { $, el, api, answer, keyBar, header, fillModels, userName, sampling } from "/ui/assets/ui.js";
 
 const conversation = []; // OpenAI messages of this chat
 let running = null; // the AbortController of the answer being streamed
@@ -70,7 +70,7 @@ async function ask(ui, key) {
   try {
     const result = await answer({
       key: key(), signal: running.signal, model: ui.model.value, messages: conversation, user: userName(),
-      temperature: Number(ui.temperature.value), max_tokens: Number(ui.maxTokens.value),
+      ...ui.sampling.params(),
     }, (text) => { $(".text", reply).textContent = text; });
     conversation.push({ role: "assistant", content: result.text });
     meta.replaceChildren("answered by ", el("code", { class: "answered-by" }, result.model), " · ",
@@ -89,8 +89,7 @@ function main() {
   const status = el("div", { id: "status" });
   const ui = {
     model: el("select", { id: "model", "aria-label": "model" }),
-    temperature: el("input", { id: "temperature", type: "number", min: 0, max: 2, step: 0.1, value: 0.7 }),
-    maxTokens: el("input", { id: "max-tokens", type: "number", min: 1, max: 4096, value: 128 }),
+    sampling: sampling(),
     transcript: el("div", { id: "transcript" }),
     prompt: el("textarea", { id: "prompt", rows: 3, placeholder: "Ask something (Enter sends, Shift+Enter: new line)" }),
     stop: el("button", { id: "stop", disabled: true, onclick: () => running?.abort() }, "Stop"),
@@ -106,8 +105,7 @@ function main() {
   const reset = () => { conversation.length = 0; ui.transcript.replaceChildren(); };
   $("#app").append(header("/ui", keys.node), el("main", {},
     el("div", { class: "controls" },
-      el("label", {}, "model ", ui.model), el("label", {}, "temperature ", ui.temperature),
-      el("label", {}, "max tokens ", ui.maxTokens), el("span", { class: "muted" }, `you are ${userName()}`),
+      el("label", {}, "model ", ui.model), ...ui.sampling.labels, el("span", { class: "muted" }, `you are ${userName()}`),
       el("button", { class: "quiet", onclick: reset }, "New chat")),
     status, ui.transcript, el("div", { class: "composer" }, ui.prompt, send, ui.stop)));
   fillModels(ui.model, keys.get(), status);

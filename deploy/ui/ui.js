@@ -161,6 +161,16 @@ export async function fillModels(select, key, status) {
   }
 }
 
+// The sampling controls both chat pages show, and the request fields they set.
+export function sampling() {
+  const temperature = el("input", { id: "temperature", type: "number", min: 0, max: 2, step: 0.1, value: 0.7 });
+  const maxTokens = el("input", { id: "max-tokens", type: "number", min: 1, max: 4096, value: 128 });
+  return {
+    labels: [el("label", {}, "temperature ", temperature), el("label", {}, "max tokens ", maxTokens)],
+    params: () => ({ temperature: Number(temperature.value), max_tokens: Number(maxTokens.value) }),
+  };
+}
+
 export function showError(target, error) {
   target.replaceChildren(el("div", { class: "error", role: "alert" }, error.message || String(error)));
 }
