@@ -144,36 +144,57 @@ class FeedbackStore:
         Exactly one of `rating` (1 or -1) and `score` (1..5). A re-rating by the same user replaces the
         whole judgement (rating, score, comment and correction) and keeps the row's id and `created`.
         """
+        judgement = dict(rating=rating, score=score, comment=comment, correction=correction, user=user)
+        with self.session() as session:
+            row, created, _adapter = self.rate_in(session, completion_id, choice_index, **judgement)
+        return row, created
+
+    def rate_in(
+        self,
+        session: Session,
+        completion_id: str,
+        choice_index: int,
+        *,
+        rating: int | None = None,
+        score: int | None = None,
+        comment: str | None = None,
+        correction: str | None = None,
+        user: str | None = "",
+    ) -> tuple[Rating, bool, str]:
+        """`rate()` inside the caller's transaction, which the caller commits; also returns the adapter that
+        answered. Bad input raises before anything is written, so the transaction stays usable."""
         _check_judgement(rating, score)
         _check_text(comment=comment, correction=correction)
         user = _check_user(user)
         if not isinstance(choice_index, int) or isinstance(choice_index, bool):
             raise InvalidFeedback(f"choice_index must be an integer, not {choice_index!r}")
-        with self.session() as session:
-            choices = session.scalar(select(Completion.choices).where(Completion.id == completion_id))
-            if choices is None:
-                raise UnknownCompletion(completion_id)
-            if not 0 <= choice_index < len(choices):
-                raise InvalidFeedback(
-                    f"choice_index {choice_index} is out of range: completion {completion_id} has "
-                    f"{len(choices)} choice(s), indexed from 0"
-                )
-            fresh_id, stamp = new_id("fb"), now()
-            values = {
-                "id": fresh_id,
-                "completion_id": completion_id,
-                "choice_index": choice_index,
-                "user": user,
-                "rating": rating,
-                "score": score,
-                "comment": comment,
-                "correction": correction,
-                "created": stamp,
-                "updated": stamp,
-            }
-            row = _run_upsert(session, self._rating_upsert, values)
+        found = session.execute(
+            select(Completion.choices, Completion.adapter).where(Completion.id == completion_id)
+        ).first()
+        if found is None:
+            raise UnknownCompletion(completion_id)
+        choices, adapter = found
+        if not 0 <= choice_index < len(choices):
+            raise InvalidFeedback(
+                f"choice_index {choice_index} is out of range: completion {completion_id} has "
+                f"{len(choices)} choice(s), indexed from 0"
+            )
+        fresh_id, stamp = new_id("fb"), now()
+        values = {
+            "id": fresh_id,
+            "completion_id": completion_id,
+            "choice_index": choice_index,
+            "user": user,
+            "rating": rating,
+            "score": score,
+            "comment": comment,
+            "correction": correction,
+            "created": stamp,
+            "updated": stamp,
+        }
+        row = _run_upsert(session, self._rating_upsert, values)
         # The id is only ours when our INSERT won; on conflict the stored row keeps its own id.
-        return row, row.id == fresh_id
+        return row, row.id == fresh_id, adapter
 
     def compare(self, completion_ids: Sequence[str], winner: str, user: str | None = "") -> tuple[Comparison, bool]:
         """Store one user's preference between two completions; returns (row, created) after COMMIT.
@@ -181,6 +202,14 @@ class FeedbackStore:
         `winner` is one of the two ids or "tie". The pair is stored sorted, so (a, b) and (b, a) by the
         same user are the same comparison, and judging it again replaces the winner.
         """
+        with self.session() as session:
+            return self.compare_in(session, completion_ids, winner, user)
+
+    def compare_in(
+        self, session: Session, completion_ids: Sequence[str], winner: str, user: str | None = ""
+    ) -> tuple[Comparison, bool]:
+        """`compare()` inside the caller's transaction, which the caller commits; bad input raises before
+        anything is written."""
         if isinstance(completion_ids, str) or len(completion_ids) != 2:
             raise InvalidFeedback("completion_ids must be a list of exactly two completion ids")
         first, second = completion_ids
@@ -192,14 +221,13 @@ class FeedbackStore:
             raise InvalidFeedback(f"winner must be {first!r}, {second!r} or 'tie', not {winner!r}")
         user = _check_user(user)
         low, high = sorted((first, second))
-        with self.session() as session:
-            found = set(session.scalars(select(Completion.id).where(Completion.id.in_((low, high)))))
-            for cid in (first, second):
-                if cid not in found:
-                    raise UnknownCompletion(cid)
-            fresh_id, stamp = new_id("cmp"), now()
-            values = {"id": fresh_id, "completion_a": low, "completion_b": high, "winner": winner, "user": user}
-            row = _run_upsert(session, self._comparison_upsert, values | {"created": stamp, "updated": stamp})
+        found = set(session.scalars(select(Completion.id).where(Completion.id.in_((low, high)))))
+        for cid in (first, second):
+            if cid not in found:
+                raise UnknownCompletion(cid)
+        fresh_id, stamp = new_id("cmp"), now()
+        values = {"id": fresh_id, "completion_a": low, "completion_b": high, "winner": winner, "user": user}
+        row = _run_upsert(session, self._comparison_upsert, values | {"created": stamp, "updated": stamp})
         return row, row.id == fresh_id
 
     # -- counts --------------------------------------------------------------------------------

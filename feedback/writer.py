@@ -119,6 +119,11 @@ class CompletionLogWriter:
             self._cond.notify_all()
             return self._cond.wait_for(lambda: completion_id not in self._pending, timeout)
 
+    def is_pending(self, completion_id: str) -> bool:
+        """Whether `completion_id` still waits here (never blocks: callers skip `ensure_committed` if not)."""
+        with self._cond:
+            return completion_id in self._pending
+
     @property
     def pending_ids(self) -> set[str]:
         """Ids submitted but not yet committed (queued or being written)."""

@@ -105,6 +105,12 @@ class Settings(BaseSettings):
         SecretStr(""),
         description="Comma-separated API keys to seed the key table with (chat, feedback, files, fine-tuning).",
     )
+    feedback_group_commit: int = Field(
+        256,
+        ge=1,
+        description="Most ratings and comparisons that concurrent requests commit in one shared transaction (each is "
+        "acknowledged only after that commit). 1 = one commit per rating.",
+    )
     feedback_rate_per_minute: int = Field(
         120,
         ge=0,

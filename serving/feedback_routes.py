@@ -2,15 +2,19 @@
 
 201 when the judgement is new, 200 when the same user re-rates the same choice (or pair). An unknown
 completion id is 404, but a completion still waiting in the batched log writer is never "unknown": the
-route forces its flush first.
+route forces its flush first. Concurrent judgements share a commit (feedback/group_commit.py); each
+answer waits for the commit that holds its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import TypeVar
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
+from sqlmodel import Session
 
 from feedback.store import InvalidFeedback, UnknownCompletion
 from serving import metrics
@@ -21,15 +25,23 @@ from serving.runtime import ServingRuntime, get_runtime
 
 router = APIRouter()
 FLUSH_WAIT_SECONDS = 10.0
+T = TypeVar("T")
 
 
 async def _committed(runtime: ServingRuntime, *completion_ids: str) -> None:
     for completion_id in completion_ids:
+        if not runtime.writer.is_pending(completion_id):  # the usual case: no thread hop
+            continue
         done = await asyncio.to_thread(runtime.writer.ensure_committed, completion_id, FLUSH_WAIT_SECONDS)
         if not done:
             raise APIError(
                 503, "the completion log is behind; retry shortly", code="log_backlog", headers={"Retry-After": "1"}
             )
+
+
+async def _in_group(runtime: ServingRuntime, work: Callable[[Session], T]) -> T:
+    """Run `work` in the next shared transaction; returns once that transaction has committed."""
+    return await asyncio.wrap_future(runtime.committer.submit(work))
 
 
 def _not_found(error: UnknownCompletion) -> APIError:
@@ -47,24 +59,19 @@ async def post_feedback(
 ) -> JSONResponse:
     runtime.feedback_limits.check(key_id, body.user)
     await _committed(runtime, body.completion_id)
+    judgement = dict(
+        rating=body.rating, score=body.score, comment=body.comment, correction=body.correction, user=body.user or ""
+    )
     try:
-        rating, created = await asyncio.to_thread(
-            runtime.store.rate,
-            body.completion_id,
-            body.choice_index,
-            rating=body.rating,
-            score=body.score,
-            comment=body.comment,
-            correction=body.correction,
-            user=body.user or "",
+        rating, created, adapter = await _in_group(
+            runtime, lambda session: runtime.store.rate_in(session, body.completion_id, body.choice_index, **judgement)
         )
     except UnknownCompletion as error:
         raise _not_found(error) from error
     except InvalidFeedback as error:
         raise APIError(400, str(error), param=getattr(error, "param", None)) from error
-    completion = await asyncio.to_thread(runtime.store.get_completion, body.completion_id)
     kind = "up" if body.rating == 1 else "down" if body.rating == -1 else f"score{body.score}"
-    metrics.RATINGS.labels(model=completion.adapter if completion else "unknown", kind=kind).inc()
+    metrics.RATINGS.labels(model=adapter, kind=kind).inc()
     answer = FeedbackResponse(id=rating.id, created=int(rating.created))
     return JSONResponse(answer.model_dump(), status_code=201 if created else 200)
 
@@ -84,7 +91,9 @@ async def post_comparison(
     await _committed(runtime, *body.completion_ids)
     a, b = body.completion_ids
     try:
-        comparison, created = await asyncio.to_thread(runtime.store.compare, (a, b), body.winner, user=body.user or "")
+        comparison, created = await _in_group(
+            runtime, lambda session: runtime.store.compare_in(session, (a, b), body.winner, user=body.user or "")
+        )
     except UnknownCompletion as error:
         raise _not_found(error) from error
     except InvalidFeedback as error:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from feedback.errors import Busy, Conflict, DomainError, Overloaded
+from feedback.group_commit import GroupCommitter
 from feedback.models import AdapterStatus
 from feedback.registry import AdapterRegistry
 from feedback.store import FeedbackStore
@@ -47,6 +48,7 @@ class ServingRuntime:
         self.writer = CompletionLogWriter(
             self.store, batch_size=settings.log_batch_size, flush_seconds=settings.log_flush_seconds
         )
+        self.committer = GroupCommitter(self.store, max_batch=settings.feedback_group_commit)
         self.registry = AdapterRegistry(self.store, settings.adapters_dir)
         self.feedback_limits = FeedbackRateLimiter(
             settings.feedback_rate_per_minute, settings.feedback_key_rate_per_minute
@@ -99,6 +101,7 @@ class ServingRuntime:
         if self.engine is not None:
             await self.engine.shutdown()
         self.writer.close()
+        self.committer.close()
         self.store.close()
 
     # -- routing -------------------------------------------------------------------------------

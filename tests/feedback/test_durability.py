@@ -1,9 +1,9 @@
 """An ack means stored: kill -9 a writing process mid-stream, reopen the store, find every acked row.
 
-The child (this file run as a script) prints an id on stdout only after the write returned: after
-`rate()` (what the feedback route acks with a 2xx), or after `CompletionLogWriter.flush()`. The parent
-reads some acks, SIGKILLs the child while it is still writing, then reads whatever acks were already in
-the pipe and checks each one is in the database.
+The child (this file run as a script) prints an id on stdout only after the write returned: after `rate()`,
+after a `GroupCommitter` future resolved (what the feedback route acks with a 2xx), or after
+`CompletionLogWriter.flush()`. The parent reads some acks, SIGKILLs the child while it is still writing,
+then reads whatever acks were already in the pipe and checks each one is in the database.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from feedback.group_commit import GroupCommitter
 from feedback.models import Completion, Rating
 from feedback.store import FeedbackStore
 from feedback.writer import CompletionLogWriter
@@ -45,6 +47,27 @@ def child_rate(url: str) -> None:
         store.record_completions([c])
         rating, _ = store.rate(c.id, 0, rating=1, user=c.user)
         print(rating.id, flush=True)
+
+
+def child_group(url: str) -> None:
+    """Eight threads rate through one GroupCommitter, as the feedback route's requests do: groups form."""
+    store = FeedbackStore(url)
+    committer = GroupCommitter(store, max_batch=64)
+    printing = threading.Lock()
+
+    def rater(t: int) -> None:
+        for i in range(100_000):
+            c = _completion(f"user-{t}-{i}")
+            store.record_completions([c])
+            rating, _, _ = committer.submit(lambda s, c=c: store.rate_in(s, c.id, 0, rating=1, user=c.user)).result()
+            with printing:
+                print(rating.id, flush=True)
+
+    threads = [threading.Thread(target=rater, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def child_writer(url: str) -> None:
@@ -92,6 +115,15 @@ def test_every_acked_rating_survives_kill_9(db_url: str) -> None:
 
 
 @pytest.mark.slow
+def test_every_acked_rating_of_a_shared_commit_survives_kill_9(db_url: str) -> None:
+    acks = run_and_kill("group", db_url)
+    with FeedbackStore(db_url) as store, store.session() as session:
+        stored = set(session.scalars(select(Rating.id).where(Rating.id.in_(acks))))
+    assert len(acks) >= ACKS_BEFORE_KILL
+    assert set(acks) - stored == set()
+
+
+@pytest.mark.slow
 def test_every_flushed_completion_survives_kill_9(db_url: str) -> None:
     acks = run_and_kill("writer", db_url)
     with FeedbackStore(db_url) as store, store.session() as session:
@@ -101,4 +133,4 @@ def test_every_flushed_completion_survives_kill_9(db_url: str) -> None:
 
 
 if __name__ == "__main__":
-    {"rate": child_rate, "writer": child_writer}[sys.argv[1]](sys.argv[2])
+    {"rate": child_rate, "group": child_group, "writer": child_writer}[sys.argv[1]](sys.argv[2])

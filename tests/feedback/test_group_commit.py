@@ -1,0 +1,169 @@
+"""GroupCommitter on real SQLite and Postgres: judgements that wait together share one commit, each future
+resolves only after its commit, and one caller's failure stays its own."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from sqlalchemy import func, select, text
+
+from feedback.group_commit import GroupCommitter
+from feedback.models import Comparison, Completion, Rating
+from feedback.store import FeedbackStore, InvalidFeedback, UnknownCompletion
+
+
+def completion() -> Completion:
+    return Completion(
+        id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        model="current",
+        adapter="ad-7",
+        base_model="demo-tiny-v1",
+        messages=[{"role": "user", "content": "hi"}],
+        choices=[{"index": 0, "text": "hello", "finish_reason": "stop"}],
+    )
+
+
+@pytest.fixture
+def store(db_url: str):
+    store = FeedbackStore(db_url)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def committer(store: FeedbackStore):
+    committer = GroupCommitter(store, max_batch=64)
+    yield committer
+    committer.close()
+
+
+def hold(committer: GroupCommitter) -> threading.Event:
+    """Keep the committer's thread busy in a transaction of its own until the event is set, so everything
+    submitted meanwhile waits together for the next group."""
+    release, started = threading.Event(), threading.Event()
+
+    def blocker(_session):
+        started.set()
+        release.wait(10)
+
+    committer.submit(blocker)
+    assert started.wait(10)
+    return release
+
+
+def rate(store: FeedbackStore, cid: str, user: str, rating: int = 1):
+    return lambda session: store.rate_in(session, cid, 0, rating=rating, user=user)
+
+
+def stored(store: FeedbackStore, model: type) -> int:
+    with FeedbackStore(store.url) as fresh, fresh.session() as session:  # another connection: what is committed
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def test_judgements_that_wait_together_share_one_commit(store, committer) -> None:
+    rows = [completion() for _ in range(30)]
+    store.record_completions(rows)
+    release = hold(committer)
+    futures = [committer.submit(rate(store, row.id, f"u{i}")) for i, row in enumerate(rows)]
+    assert not any(f.done() for f in futures)
+    assert stored(store, Rating) == 0  # nothing is acknowledged before its commit
+    release.set()
+    results = [f.result(10) for f in futures]
+    assert committer.commits == 2  # the blocker's own transaction, then all 30 in one
+    assert all(created for _, created, _ in results)
+    assert {adapter for _, _, adapter in results} == {"ad-7"}
+    assert stored(store, Rating) == 30
+
+
+def test_a_group_is_capped_at_max_batch(store) -> None:
+    rows = [completion() for _ in range(10)]
+    store.record_completions(rows)
+    committer = GroupCommitter(store, max_batch=4)
+    try:
+        release = hold(committer)
+        futures = [committer.submit(rate(store, row.id, "u")) for row in rows]
+        release.set()
+        assert all(f.result(10)[1] for f in futures)
+        assert committer.commits == 1 + 3  # the blocker, then 4 + 4 + 2
+    finally:
+        committer.close()
+
+
+def test_a_re_rating_in_the_same_group_updates_the_first(store, committer) -> None:
+    row = completion()
+    store.record_completions([row])
+    release = hold(committer)
+    first = committer.submit(rate(store, row.id, "ann", 1))
+    second = committer.submit(rate(store, row.id, "ann", -1))
+    release.set()
+    (a, a_created, _), (b, b_created, _) = first.result(10), second.result(10)
+    assert (a_created, b_created) == (True, False) and a.id == b.id
+    with store.session() as session:
+        assert [r.rating for r in session.scalars(select(Rating))] == [-1]
+
+
+def test_a_bad_judgement_fails_alone_and_its_group_commits(store, committer) -> None:
+    good = [completion() for _ in range(3)]
+    store.record_completions(good)
+    release = hold(committer)
+    before = committer.submit(rate(store, good[0].id, "a"))
+    unknown = committer.submit(rate(store, "chatcmpl-never-served", "b"))
+    invalid = committer.submit(lambda session: store.rate_in(session, good[1].id, 5, rating=1, user="c"))
+    pair = committer.submit(lambda session: store.compare_in(session, (good[1].id, good[2].id), good[2].id, "d"))
+    release.set()
+    assert before.result(10)[1] is True and pair.result(10)[1] is True
+    with pytest.raises(UnknownCompletion):
+        unknown.result(10)
+    with pytest.raises(InvalidFeedback, match="out of range"):
+        invalid.result(10)
+    assert committer.regrouped == 0  # refused before writing: the group's transaction was never at risk
+    assert (stored(store, Rating), stored(store, Comparison)) == (1, 1)
+
+
+def test_a_database_error_in_a_group_rolls_it_back_and_each_is_written_alone(store, committer) -> None:
+    good = [completion() for _ in range(4)]
+    store.record_completions(good)
+    release = hold(committer)
+    futures = [committer.submit(rate(store, row.id, "u")) for row in good[:2]]
+    broken = committer.submit(lambda session: session.execute(text("INSERT INTO no_such_table VALUES (1)")))
+    futures += [committer.submit(rate(store, row.id, "u")) for row in good[2:]]
+    release.set()
+    assert all(f.result(10)[1] for f in futures)
+    with pytest.raises(Exception, match="no_such_table"):
+        broken.result(10)
+    assert committer.regrouped == 1
+    assert stored(store, Rating) == 4  # the broken row's neighbours were committed on their own
+
+
+def test_concurrent_threads_all_get_their_own_committed_answer(store, committer) -> None:
+    rows = [completion() for _ in range(8)]
+    store.record_completions(rows)
+    answers: list[str] = []
+
+    def rater(t: int) -> None:
+        for i in range(25):
+            rating, created, _ = committer.submit(rate(store, rows[t].id, f"t{t}-{i}")).result(30)
+            assert created
+            answers.append(rating.id)
+
+    threads = [threading.Thread(target=rater, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(set(answers)) == 200 and committer.written == 200
+    with store.session() as session:
+        assert set(session.scalars(select(Rating.id))) == set(answers)
+
+
+def test_a_closed_committer_refuses_new_work_and_commits_what_it_holds(store) -> None:
+    row = completion()
+    store.record_completions([row])
+    committer = GroupCommitter(store)
+    future = committer.submit(rate(store, row.id, "last"))
+    committer.close()
+    assert future.result(1)[1] is True
+    with pytest.raises(RuntimeError, match="closed"):
+        committer.submit(rate(store, row.id, "late"))
