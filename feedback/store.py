@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, case, func, select, union
+from sqlalchemy import Engine, bindparam, case, func, select, union
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
@@ -72,18 +72,23 @@ class FeedbackStore:
         self._rating_upsert = self._upsert(
             Rating, ("completion_id", "choice_index", "user"), ("rating", "score", "comment", "correction", "updated")
         )
+        table = Completion.__table__
+        self._choices_and_adapter = select(table.c.choices, table.c.adapter).where(table.c.id == bindparam("id"))
         self._comparison_upsert = self._upsert(
             Comparison, ("completion_a", "completion_b", "user"), ("winner", "updated")
         )
 
     def _upsert(self, model: type, key: tuple[str, ...], replace: tuple[str, ...]) -> Any:
-        """INSERT … ON CONFLICT (key) DO UPDATE SET replace … RETURNING the stored row."""
-        stmt = self._insert(model)
+        """INSERT … ON CONFLICT (key) DO UPDATE SET replace … RETURNING the stored row's columns.
+
+        A Core statement on the table, not the ORM's bulk insert: it is the hot path of the rating route,
+        where the ORM's per-row bookkeeping cost more than the SQL."""
         columns = model.__table__.c
+        stmt = self._insert(model.__table__)
         stmt = stmt.on_conflict_do_update(
             index_elements=[columns[name] for name in key], set_={name: stmt.excluded[name] for name in replace}
         )
-        return stmt.returning(model)
+        return stmt.returning(*columns)
 
     # -- plumbing ------------------------------------------------------------------------------
     @contextmanager
@@ -168,9 +173,7 @@ class FeedbackStore:
         user = _check_user(user)
         if not isinstance(choice_index, int) or isinstance(choice_index, bool):
             raise InvalidFeedback(f"choice_index must be an integer, not {choice_index!r}")
-        found = session.execute(
-            select(Completion.choices, Completion.adapter).where(Completion.id == completion_id)
-        ).first()
+        found = session.connection().execute(self._choices_and_adapter, {"id": completion_id}).first()
         if found is None:
             raise UnknownCompletion(completion_id)
         choices, adapter = found
@@ -192,7 +195,7 @@ class FeedbackStore:
             "created": stamp,
             "updated": stamp,
         }
-        row = _run_upsert(session, self._rating_upsert, values)
+        row = _run_upsert(session, self._rating_upsert, Rating, values)
         # The id is only ours when our INSERT won; on conflict the stored row keeps its own id.
         return row, row.id == fresh_id, adapter
 
@@ -221,13 +224,13 @@ class FeedbackStore:
             raise InvalidFeedback(f"winner must be {first!r}, {second!r} or 'tie', not {winner!r}")
         user = _check_user(user)
         low, high = sorted((first, second))
-        found = set(session.scalars(select(Completion.id).where(Completion.id.in_((low, high)))))
+        found = set(session.connection().scalars(select(Completion.id).where(Completion.id.in_((low, high)))))
         for cid in (first, second):
             if cid not in found:
                 raise UnknownCompletion(cid)
         fresh_id, stamp = new_id("cmp"), now()
         values = {"id": fresh_id, "completion_a": low, "completion_b": high, "winner": winner, "user": user}
-        row = _run_upsert(session, self._comparison_upsert, values | {"created": stamp, "updated": stamp})
+        row = _run_upsert(session, self._comparison_upsert, Comparison, values | {"created": stamp, "updated": stamp})
         return row, row.id == fresh_id
 
     # -- counts --------------------------------------------------------------------------------
@@ -387,9 +390,9 @@ def _is_int(value: object) -> bool:
 
 
 # -- helpers --------------------------------------------------------------------------------------
-def _run_upsert(session: Session, stmt: Any, values: dict[str, Any]) -> Any:
-    """Run a prepared upsert for one row; the stored row as an ORM object, fresh from the database."""
-    return session.scalars(stmt, [values], execution_options={"populate_existing": True}).one()
+def _run_upsert(session: Session, stmt: Any, model: type, values: dict[str, Any]) -> Any:
+    """Run a prepared upsert for one row; the stored row as a (detached) `model` object."""
+    return model(**session.connection().execute(stmt, values).one()._mapping)
 
 
 def _sha256(text: str) -> str:
