@@ -2,7 +2,8 @@
 
 A rating is acknowledged only once it is committed, so one commit per rating bounds the feedback route by
 the disk's fsync rate. Here one background thread takes every judgement waiting in its queue, writes them
-all in ONE transaction, commits once, and only then resolves each caller's future: an acknowledgement
+all in ONE transaction (the ratings in a few multi-row statements, feedback/ratings.py; other work, such as
+comparisons, one call each), commits once, and only then resolves each caller's future: an acknowledgement
 still means "committed", but many share the cost of the commit. There is no timer: a lone rating is
 committed at once, and the judgements that arrive while a commit is on disk form the next group, so a
 group grows exactly as fast as the load does (the way databases group their own commits).
@@ -28,11 +29,12 @@ from typing import Any, TypeVar
 
 from sqlmodel import Session
 
+from feedback.ratings import Judgement
 from feedback.store import FeedbackStore, InvalidFeedback, UnknownCompletion
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Work = Callable[[Session], Any]
+Work = Callable[[Session], Any] | Judgement  # a judgement is written with the group's other ratings
 
 
 class GroupCommitter:
@@ -51,7 +53,12 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="feedback-group-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, work: Callable[[Session], T]) -> Future[T]:
+    def rate(self, judgement: Judgement) -> Future:
+        """Queue a rating; its future resolves with (row, created, adapter) once it is COMMITTED, or raises
+        InvalidFeedback / UnknownCompletion for a rating refused before anything of it was written."""
+        return self.submit(judgement)
+
+    def submit(self, work: Callable[[Session], T] | Judgement) -> Future[T]:
         """Queue `work`; its future resolves with what it returned once its transaction has COMMITTED."""
         future: Future[T] = Future()
         with self._cond:
@@ -84,7 +91,14 @@ class GroupCommitter:
         results: list[tuple[Future, Any, BaseException | None]] = []
         try:
             with self.store.session() as session:
+                ratings = [(work, future) for work, future in group if isinstance(work, Judgement)]
+                outcomes = self.store.rate_many(session, [work for work, _ in ratings])
+                for (_, future), outcome in zip(ratings, outcomes, strict=True):
+                    failed = isinstance(outcome, Exception)
+                    results.append((future, None if failed else outcome, outcome if failed else None))
                 for work, future in group:
+                    if isinstance(work, Judgement):
+                        continue
                     try:
                         results.append((future, work(session), None))
                     except (InvalidFeedback, UnknownCompletion) as error:  # raised before it wrote anything

@@ -25,27 +25,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, case, func, select, union
+from sqlalchemy import Engine, case, func, select, union
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from feedback import db
 from feedback.models import ApiKey, Comparison, Completion, Example, Rating, ServingState, new_id, now
+from feedback.ratings import InvalidFeedback, Judgement, Outcome, UnknownCompletion, check_user, rate_many
+
+__all__ = ["FeedbackStore", "InvalidFeedback", "Judgement", "UnknownApiKey", "UnknownCompletion"]
 
 API_KEY_PREFIX = "rk-"
-MAX_USER_LENGTH = 256  # the width of the `user` columns
-
-
-class UnknownCompletion(LookupError):
-    """The completion id is not in the store (never served, or its log write was lost)."""
-
-    def __init__(self, completion_id: str) -> None:
-        super().__init__(f"completion {completion_id!r} is unknown: rate only ids returned by /v1/chat/completions")
-        self.completion_id = completion_id
-
-
-class InvalidFeedback(ValueError):
-    """A rating or comparison that breaks the rules; the message says which rule."""
 
 
 class UnknownApiKey(LookupError):
@@ -72,8 +62,6 @@ class FeedbackStore:
         self._rating_upsert = self._upsert(
             Rating, ("completion_id", "choice_index", "user"), ("rating", "score", "comment", "correction", "updated")
         )
-        table = Completion.__table__
-        self._choices_and_adapter = select(table.c.choices, table.c.adapter).where(table.c.id == bindparam("id"))
         self._comparison_upsert = self._upsert(
             Comparison, ("completion_a", "completion_b", "user"), ("winner", "updated")
         )
@@ -88,7 +76,7 @@ class FeedbackStore:
         stmt = stmt.on_conflict_do_update(
             index_elements=[columns[name] for name in key], set_={name: stmt.excluded[name] for name in replace}
         )
-        return stmt.returning(*columns)
+        return stmt.returning(*columns, sort_by_parameter_order=True)  # many rows: answers in their order
 
     # -- plumbing ------------------------------------------------------------------------------
     @contextmanager
@@ -149,55 +137,18 @@ class FeedbackStore:
         Exactly one of `rating` (1 or -1) and `score` (1..5). A re-rating by the same user replaces the
         whole judgement (rating, score, comment and correction) and keeps the row's id and `created`.
         """
-        judgement = dict(rating=rating, score=score, comment=comment, correction=correction, user=user)
+        judgement = Judgement(completion_id, choice_index, rating, score, comment, correction, user)
         with self.session() as session:
-            row, created, _adapter = self.rate_in(session, completion_id, choice_index, **judgement)
+            (outcome,) = self.rate_many(session, [judgement])
+            if isinstance(outcome, Exception):
+                raise outcome
+        row, created, _adapter = outcome
         return row, created
 
-    def rate_in(
-        self,
-        session: Session,
-        completion_id: str,
-        choice_index: int,
-        *,
-        rating: int | None = None,
-        score: int | None = None,
-        comment: str | None = None,
-        correction: str | None = None,
-        user: str | None = "",
-    ) -> tuple[Rating, bool, str]:
-        """`rate()` inside the caller's transaction, which the caller commits; also returns the adapter that
-        answered. Bad input raises before anything is written, so the transaction stays usable."""
-        _check_judgement(rating, score)
-        _check_text(comment=comment, correction=correction)
-        user = _check_user(user)
-        if not isinstance(choice_index, int) or isinstance(choice_index, bool):
-            raise InvalidFeedback(f"choice_index must be an integer, not {choice_index!r}")
-        found = session.connection().execute(self._choices_and_adapter, {"id": completion_id}).first()
-        if found is None:
-            raise UnknownCompletion(completion_id)
-        choices, adapter = found
-        if not 0 <= choice_index < len(choices):
-            raise InvalidFeedback(
-                f"choice_index {choice_index} is out of range: completion {completion_id} has "
-                f"{len(choices)} choice(s), indexed from 0"
-            )
-        fresh_id, stamp = new_id("fb"), now()
-        values = {
-            "id": fresh_id,
-            "completion_id": completion_id,
-            "choice_index": choice_index,
-            "user": user,
-            "rating": rating,
-            "score": score,
-            "comment": comment,
-            "correction": correction,
-            "created": stamp,
-            "updated": stamp,
-        }
-        row = _run_upsert(session, self._rating_upsert, Rating, values)
-        # The id is only ours when our INSERT won; on conflict the stored row keeps its own id.
-        return row, row.id == fresh_id, adapter
+    def rate_many(self, session: Session, judgements: Sequence[Judgement]) -> list[Outcome]:
+        """Many ratings in the caller's transaction, which the caller commits (feedback/ratings.py): one
+        outcome per judgement, (row, created, adapter) or the error that refused it before it was written."""
+        return rate_many(session.connection(), self._rating_upsert, judgements)
 
     def compare(self, completion_ids: Sequence[str], winner: str, user: str | None = "") -> tuple[Comparison, bool]:
         """Store one user's preference between two completions; returns (row, created) after COMMIT.
@@ -222,7 +173,7 @@ class FeedbackStore:
             raise InvalidFeedback("completion_ids must name two different completions")
         if winner not in (first, second, "tie"):
             raise InvalidFeedback(f"winner must be {first!r}, {second!r} or 'tie', not {winner!r}")
-        user = _check_user(user)
+        user = check_user(user)
         low, high = sorted((first, second))
         found = set(session.connection().scalars(select(Completion.id).where(Completion.id.in_((low, high)))))
         for cid in (first, second):
@@ -357,36 +308,6 @@ class FeedbackStore:
         stmt = self._insert(table).on_conflict_do_nothing(index_elements=[table.c.key_hash]).returning(table.c.id)
         with self.session() as session:
             return len(session.connection().execute(stmt, rows).all())
-
-
-# -- validation -----------------------------------------------------------------------------------
-def _check_judgement(rating: object, score: object) -> None:
-    if (rating is None) == (score is None):
-        raise InvalidFeedback("give exactly one of 'rating' (1 or -1) and 'score' (1 to 5)")
-    if rating is not None and (not _is_int(rating) or rating not in (1, -1)):
-        raise InvalidFeedback(f"rating must be 1 (good) or -1 (bad), not {rating!r}")
-    if score is not None and (not _is_int(score) or not 1 <= score <= 5):
-        raise InvalidFeedback(f"score must be an integer from 1 to 5, not {score!r}")
-
-
-def _check_text(**fields: object) -> None:
-    for name, value in fields.items():
-        if value is not None and not isinstance(value, str):
-            raise InvalidFeedback(f"{name} must be a string")
-
-
-def _check_user(user: object) -> str:
-    user = user or ""
-    if not isinstance(user, str):
-        raise InvalidFeedback("user must be a string")
-    if len(user) > MAX_USER_LENGTH:
-        raise InvalidFeedback(f"user is at most {MAX_USER_LENGTH} characters")
-    return user
-
-
-def _is_int(value: object) -> bool:
-    # bool is an int subclass, and `True` is not a rating.
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # -- helpers --------------------------------------------------------------------------------------

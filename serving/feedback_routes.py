@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
-from feedback.store import InvalidFeedback, UnknownCompletion
+from feedback.store import InvalidFeedback, Judgement, UnknownCompletion
 from serving import metrics
 from serving.auth import require_api_key
 from serving.errors import APIError
@@ -39,7 +39,7 @@ async def _committed(runtime: ServingRuntime, *completion_ids: str) -> None:
             )
 
 
-async def _in_group(runtime: ServingRuntime, work: Callable[[Session], T]) -> T:
+async def _in_group(runtime: ServingRuntime, work: Callable[[Session], T] | Judgement) -> T:
     """Run `work` in the next shared transaction; returns once that transaction has committed."""
     return await asyncio.wrap_future(runtime.committer.submit(work))
 
@@ -59,13 +59,11 @@ async def post_feedback(
 ) -> JSONResponse:
     runtime.feedback_limits.check(key_id, body.user)
     await _committed(runtime, body.completion_id)
-    judgement = dict(
-        rating=body.rating, score=body.score, comment=body.comment, correction=body.correction, user=body.user or ""
+    judgement = Judgement(
+        body.completion_id, body.choice_index, body.rating, body.score, body.comment, body.correction, body.user or ""
     )
     try:
-        rating, created, adapter = await _in_group(
-            runtime, lambda session: runtime.store.rate_in(session, body.completion_id, body.choice_index, **judgement)
-        )
+        rating, created, adapter = await _in_group(runtime, judgement)
     except UnknownCompletion as error:
         raise _not_found(error) from error
     except InvalidFeedback as error:

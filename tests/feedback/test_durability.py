@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from feedback.group_commit import GroupCommitter
 from feedback.models import Completion, Rating
-from feedback.store import FeedbackStore
+from feedback.store import FeedbackStore, Judgement
 from feedback.writer import CompletionLogWriter
 
 ACKS_BEFORE_KILL = 40
@@ -59,7 +59,7 @@ def child_group(url: str) -> None:
         for i in range(100_000):
             c = _completion(f"user-{t}-{i}")
             store.record_completions([c])
-            rating, _, _ = committer.submit(lambda s, c=c: store.rate_in(s, c.id, 0, rating=1, user=c.user)).result()
+            rating, _, _ = committer.rate(Judgement(c.id, 0, rating=1, user=c.user)).result()
             with printing:
                 print(rating.id, flush=True)
 

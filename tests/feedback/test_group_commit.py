@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 
 from feedback.group_commit import GroupCommitter
 from feedback.models import Comparison, Completion, Rating
-from feedback.store import FeedbackStore, InvalidFeedback, UnknownCompletion
+from feedback.store import FeedbackStore, InvalidFeedback, Judgement, UnknownCompletion
 
 
 def completion() -> Completion:
@@ -53,8 +53,8 @@ def hold(committer: GroupCommitter) -> threading.Event:
     return release
 
 
-def rate(store: FeedbackStore, cid: str, user: str, rating: int = 1):
-    return lambda session: store.rate_in(session, cid, 0, rating=rating, user=user)
+def rate(store: FeedbackStore, cid: str, user: str, rating: int = 1) -> Judgement:
+    return Judgement(cid, 0, rating=rating, user=user)
 
 
 def stored(store: FeedbackStore, model: type) -> int:
@@ -66,7 +66,7 @@ def test_judgements_that_wait_together_share_one_commit(store, committer) -> Non
     rows = [completion() for _ in range(30)]
     store.record_completions(rows)
     release = hold(committer)
-    futures = [committer.submit(rate(store, row.id, f"u{i}")) for i, row in enumerate(rows)]
+    futures = [committer.rate(rate(store, row.id, f"u{i}")) for i, row in enumerate(rows)]
     assert not any(f.done() for f in futures)
     assert stored(store, Rating) == 0  # nothing is acknowledged before its commit
     release.set()
@@ -83,7 +83,7 @@ def test_a_group_is_capped_at_max_batch(store) -> None:
     committer = GroupCommitter(store, max_batch=4)
     try:
         release = hold(committer)
-        futures = [committer.submit(rate(store, row.id, "u")) for row in rows]
+        futures = [committer.rate(rate(store, row.id, "u")) for row in rows]
         release.set()
         assert all(f.result(10)[1] for f in futures)
         assert committer.commits == 1 + 3  # the blocker, then 4 + 4 + 2
@@ -91,26 +91,29 @@ def test_a_group_is_capped_at_max_batch(store) -> None:
         committer.close()
 
 
-def test_a_re_rating_in_the_same_group_updates_the_first(store, committer) -> None:
-    row = completion()
-    store.record_completions([row])
+def test_re_ratings_in_the_same_group_replace_each_other_in_order(store, committer) -> None:
+    rows = [completion(), completion()]
+    store.record_completions(rows)
     release = hold(committer)
-    first = committer.submit(rate(store, row.id, "ann", 1))
-    second = committer.submit(rate(store, row.id, "ann", -1))
+    ann = [committer.rate(rate(store, rows[0].id, "ann", value)) for value in (1, -1, 1)]
+    bob = committer.rate(Judgement(rows[1].id, 0, score=4, comment="fine", user="bob"))
     release.set()
-    (a, a_created, _), (b, b_created, _) = first.result(10), second.result(10)
-    assert (a_created, b_created) == (True, False) and a.id == b.id
+    answers = [f.result(10) for f in ann]
+    assert [created for _, created, _ in answers] == [True, False, False]
+    assert len({row.id for row, _, _ in answers}) == 1  # one judgement, replaced twice
+    stored_bob = bob.result(10)[0]
+    assert (stored_bob.score, stored_bob.comment, stored_bob.user) == (4, "fine", "bob")
     with store.session() as session:
-        assert [r.rating for r in session.scalars(select(Rating))] == [-1]
+        assert sorted((r.user, r.rating) for r in session.scalars(select(Rating))) == [("ann", 1), ("bob", None)]
 
 
 def test_a_bad_judgement_fails_alone_and_its_group_commits(store, committer) -> None:
     good = [completion() for _ in range(3)]
     store.record_completions(good)
     release = hold(committer)
-    before = committer.submit(rate(store, good[0].id, "a"))
-    unknown = committer.submit(rate(store, "chatcmpl-never-served", "b"))
-    invalid = committer.submit(lambda session: store.rate_in(session, good[1].id, 5, rating=1, user="c"))
+    before = committer.rate(rate(store, good[0].id, "a"))
+    unknown = committer.rate(rate(store, "chatcmpl-never-served", "b"))
+    invalid = committer.rate(Judgement(good[1].id, 5, rating=1, user="c"))
     pair = committer.submit(lambda session: store.compare_in(session, (good[1].id, good[2].id), good[2].id, "d"))
     release.set()
     assert before.result(10)[1] is True and pair.result(10)[1] is True
@@ -126,9 +129,9 @@ def test_a_database_error_in_a_group_rolls_it_back_and_each_is_written_alone(sto
     good = [completion() for _ in range(4)]
     store.record_completions(good)
     release = hold(committer)
-    futures = [committer.submit(rate(store, row.id, "u")) for row in good[:2]]
+    futures = [committer.rate(rate(store, row.id, "u")) for row in good[:2]]
     broken = committer.submit(lambda session: session.execute(text("INSERT INTO no_such_table VALUES (1)")))
-    futures += [committer.submit(rate(store, row.id, "u")) for row in good[2:]]
+    futures += [committer.rate(rate(store, row.id, "u")) for row in good[2:]]
     release.set()
     assert all(f.result(10)[1] for f in futures)
     with pytest.raises(Exception, match="no_such_table"):
@@ -144,7 +147,7 @@ def test_concurrent_threads_all_get_their_own_committed_answer(store, committer)
 
     def rater(t: int) -> None:
         for i in range(25):
-            rating, created, _ = committer.submit(rate(store, rows[t].id, f"t{t}-{i}")).result(30)
+            rating, created, _ = committer.rate(rate(store, rows[t].id, f"t{t}-{i}")).result(30)
             assert created
             answers.append(rating.id)
 
@@ -162,8 +165,8 @@ def test_a_closed_committer_refuses_new_work_and_commits_what_it_holds(store) ->
     row = completion()
     store.record_completions([row])
     committer = GroupCommitter(store)
-    future = committer.submit(rate(store, row.id, "last"))
+    future = committer.rate(rate(store, row.id, "last"))
     committer.close()
     assert future.result(1)[1] is True
     with pytest.raises(RuntimeError, match="closed"):
-        committer.submit(rate(store, row.id, "late"))
+        committer.rate(rate(store, row.id, "late"))

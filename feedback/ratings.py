@@ -1,0 +1,146 @@
+"""The rules of a judgement, and the write of many ratings in a few statements.
+
+`FeedbackStore.rate()` (one rating, its own commit) and the group committer (many concurrent ratings, one
+commit) share `rate_many`, so both follow the same rules and answer the same way. For N ratings it runs
+one lookup of their completions and one multi-row upsert (more only when the same user rates the same
+choice twice in a group: each repeat goes in a later statement, so it replaces the first as it would have
+one request later). Few statements matter: the serving process's threads share one interpreter lock, and
+every statement hands it over twice.
+
+Bad input is refused per rating, before anything of it is written: the outcome in its place is the
+exception (`InvalidFeedback`, `UnknownCompletion`), and its neighbours are written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+
+from feedback.models import Completion, Rating, new_id, now
+
+MAX_USER_LENGTH = 256  # the width of the `user` columns
+_CHUNK = 500  # ids per IN (...) lookup, well under SQLite's and Postgres' parameter limits
+
+
+class UnknownCompletion(LookupError):
+    """The completion id is not in the store (never served, or its log write was lost)."""
+
+    def __init__(self, completion_id: str) -> None:
+        super().__init__(f"completion {completion_id!r} is unknown: rate only ids returned by /v1/chat/completions")
+        self.completion_id = completion_id
+
+
+class InvalidFeedback(ValueError):
+    """A rating or comparison that breaks the rules; the message says which rule."""
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One user's rating of one choice: exactly one of `rating` (1 or -1) and `score` (1..5)."""
+
+    completion_id: str
+    choice_index: int = 0
+    rating: int | None = None
+    score: int | None = None
+    comment: str | None = None
+    correction: str | None = None
+    user: str | None = ""
+
+
+Outcome = tuple[Rating, bool, str] | Exception  # (stored row, created, adapter that answered) or why not
+
+
+def rate_many(connection: Connection, upsert: Any, judgements: Sequence[Judgement]) -> list[Outcome]:
+    """Write `judgements` in the caller's transaction (not committed here); one outcome per judgement."""
+    outcomes: list[Outcome | None] = [None] * len(judgements)
+    checked: list[tuple[int, Judgement, str]] = []
+    for position, judgement in enumerate(judgements):
+        try:
+            checked.append((position, judgement, _check(judgement)))
+        except InvalidFeedback as error:
+            outcomes[position] = error
+    found = _choices_and_adapters(connection, {j.completion_id for _, j, _ in checked})
+    waves: list[list[tuple[int, dict[str, Any], str]]] = []  # each wave: rows with distinct keys
+    seen: dict[tuple[str, int, str], int] = {}  # key -> how many waves hold it already
+    stamp = now()
+    for position, judgement, user in checked:
+        cid, index = judgement.completion_id, judgement.choice_index
+        if cid not in found:
+            outcomes[position] = UnknownCompletion(cid)
+            continue
+        choices, adapter = found[cid]
+        if not 0 <= index < len(choices):
+            outcomes[position] = InvalidFeedback(
+                f"choice_index {index} is out of range: completion {cid} has {len(choices)} choice(s), indexed from 0"
+            )
+            continue
+        values = {
+            "id": new_id("fb"),
+            "completion_id": cid,
+            "choice_index": index,
+            "user": user,
+            "rating": judgement.rating,
+            "score": judgement.score,
+            "comment": judgement.comment,
+            "correction": judgement.correction,
+            "created": stamp,
+            "updated": stamp,
+        }
+        wave = seen.get((cid, index, user), 0)
+        seen[(cid, index, user)] = wave + 1
+        if wave == len(waves):
+            waves.append([])
+        waves[wave].append((position, values, adapter))
+    for wave in waves:
+        rows = connection.execute(upsert, [values for _, values, _ in wave]).all()  # in the order given
+        for (position, values, adapter), row in zip(wave, rows, strict=True):
+            # The id is only ours when our INSERT won; on conflict the stored row keeps its own id.
+            outcomes[position] = (Rating(**row._mapping), row.id == values["id"], adapter)
+    return outcomes  # type: ignore[return-value]  (every position is filled above)
+
+
+def _choices_and_adapters(connection: Connection, ids: set[str]) -> dict[str, tuple[list, str]]:
+    table = Completion.__table__
+    found: dict[str, tuple[list, str]] = {}
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), _CHUNK):
+        query = table.select().with_only_columns(table.c.id, table.c.choices, table.c.adapter)
+        for cid, choices, adapter in connection.execute(query.where(table.c.id.in_(ordered[start : start + _CHUNK]))):
+            found[cid] = (choices, adapter)
+    return found
+
+
+# -- the rules ------------------------------------------------------------------------------------
+def _check(judgement: Judgement) -> str:
+    """Raise InvalidFeedback for a judgement that breaks a rule; the user as stored."""
+    rating, score = judgement.rating, judgement.score
+    if (rating is None) == (score is None):
+        raise InvalidFeedback("give exactly one of 'rating' (1 or -1) and 'score' (1 to 5)")
+    if rating is not None and (not _is_int(rating) or rating not in (1, -1)):
+        raise InvalidFeedback(f"rating must be 1 (good) or -1 (bad), not {rating!r}")
+    if score is not None and (not _is_int(score) or not 1 <= score <= 5):
+        raise InvalidFeedback(f"score must be an integer from 1 to 5, not {score!r}")
+    for name in ("comment", "correction"):
+        if getattr(judgement, name) is not None and not isinstance(getattr(judgement, name), str):
+            raise InvalidFeedback(f"{name} must be a string")
+    user = check_user(judgement.user)
+    if not _is_int(judgement.choice_index):
+        raise InvalidFeedback(f"choice_index must be an integer, not {judgement.choice_index!r}")
+    return user
+
+
+def check_user(user: object) -> str:
+    user = user or ""
+    if not isinstance(user, str):
+        raise InvalidFeedback("user must be a string")
+    if len(user) > MAX_USER_LENGTH:
+        raise InvalidFeedback(f"user is at most {MAX_USER_LENGTH} characters")
+    return user
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int subclass, and `True` is not a rating.
+    return isinstance(value, int) and not isinstance(value, bool)
