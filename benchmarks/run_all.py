@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ OUT = HERE / "out"
 # name -> (script, quick arguments)
 BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "ratings": ("bench_ratings.py", ["--n", "500"]),
-    "feedback": ("bench_feedback.py", ["--ratings", "200"]),
+    "feedback": ("bench_feedback.py", ["--ratings", "1000"]),
     "decode": ("bench_decode_step.py", ["--repeats", "2"]),
     "serving": ("bench_serving.py", ["--models", "demo", "--requests", "32"]),
     "pairs": ("bench_serving_pairs.py", ["--rounds", "4"]),
@@ -96,13 +97,11 @@ def summary_rows() -> list[tuple[str, str]]:
             if result:
                 rows.append((f"ratings stored/s, {backend}: batched vs one commit each", f"{result['ratio']:.0f}x"))
     if data := _read("feedback"):
-        for level, row in data["results"]["http"].items():
-            rows.append(
-                (
-                    f"feedback writes/s over HTTP, c={level}: {row['per_s']}/s vs the store's own commits",
-                    f"{row['vs_store']:.2f}x",
-                )
-            )
+        for backend, result in data["results"].items():
+            for level, row in result["levels"].items():
+                group, single = (statistics.median(row[f"{mode}_per_s"]) for mode in ("group", "single"))
+                what = f"ratings acknowledged/s over HTTP, {backend}, c={level}: group commit {group:.0f}/s"
+                rows.append((f"{what} vs one commit each {single:.0f}/s", f"{row['group_vs_single']:.2f}x"))
     if data := _read("decode_step"):
         for model, variants in data["results"].items():
             for count in ("1", "32"):

@@ -118,7 +118,7 @@ class Settings(BaseSettings):
         "worth at once); more get 429 with Retry-After. 0 = no limit.",
     )
     feedback_key_rate_per_minute: int = Field(
-        6000,
+        60_000,
         ge=0,
         description="Ratings and comparisons one API key (all its users; keyless callers count as one key) may post "
         "per minute, per replica. 0 = no limit.",
