@@ -17,12 +17,42 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Row, text
 
-from feedback.models import Completion, Rating, new_id, now
+from feedback.models import Completion, new_id, now
 
 MAX_USER_LENGTH = 256  # the width of the `user` columns
 _CHUNK = 500  # ids per IN (...) lookup, well under SQLite's and Postgres' parameter limits
+# The upsert: a rating is keyed by (completion, choice, user); a re-rating replaces the judgement and `updated`.
+RATING_KEY = ("completion_id", "choice_index", "user")
+RATING_REPLACED = ("rating", "score", "comment", "correction", "updated")
+_COLUMNS = {  # each column with its Postgres array type, for the unnest upsert below
+    "id": "varchar[]",
+    "completion_id": "varchar[]",
+    "choice_index": "int[]",
+    "user": "varchar[]",
+    "rating": "int[]",
+    "score": "int[]",
+    "comment": "varchar[]",
+    "correction": "varchar[]",
+    "created": "float8[]",
+    "updated": "float8[]",
+}
+# On Postgres a group's rows go as one array per column: one short statement whatever the group's size, which
+# the driver prepares once (a multi-row VALUES list is a new, long statement for every size, parsed each time).
+
+
+def _quoted(names) -> str:
+    return ", ".join(f'"{name}"' for name in names)
+
+
+_POSTGRES_UPSERT = text(
+    f"INSERT INTO ratings ({_quoted(_COLUMNS)}) "
+    f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t})' for c, t in _COLUMNS.items())}) "
+    f"ON CONFLICT ({_quoted(RATING_KEY)}) "
+    f"DO UPDATE SET {', '.join(f'{q} = EXCLUDED.{q}' for q in map(_quoted, ([c] for c in RATING_REPLACED)))} "
+    f"RETURNING {_quoted(_COLUMNS)}"
+)
 
 
 class UnknownCompletion(LookupError):
@@ -50,7 +80,7 @@ class Judgement:
     user: str | None = ""
 
 
-Outcome = tuple[Rating, bool, str] | Exception  # (stored row, created, adapter that answered) or why not
+Outcome = tuple[Row, bool, str] | Exception  # (the stored row's columns, created, adapter that answered) or why not
 
 
 def rate_many(connection: Connection, upsert: Any, judgements: Sequence[Judgement]) -> list[Outcome]:
@@ -95,11 +125,20 @@ def rate_many(connection: Connection, upsert: Any, judgements: Sequence[Judgemen
             waves.append([])
         waves[wave].append((position, values, adapter))
     for wave in waves:
-        rows = connection.execute(upsert, [values for _, values, _ in wave]).all()  # in the order given
-        for (position, values, adapter), row in zip(wave, rows, strict=True):
+        # One statement for the wave; its rows come back in no set order, and a key is unique in a wave.
+        rows = _upsert(connection, upsert, [values for _, values, _ in wave])
+        by_key = {(row.completion_id, row.choice_index, row.user): row for row in rows}
+        for position, values, adapter in wave:
+            row = by_key[(values["completion_id"], values["choice_index"], values["user"])]
             # The id is only ours when our INSERT won; on conflict the stored row keeps its own id.
-            outcomes[position] = (Rating(**row._mapping), row.id == values["id"], adapter)
+            outcomes[position] = (row, row.id == values["id"], adapter)
     return outcomes  # type: ignore[return-value]  (every position is filled above)
+
+
+def _upsert(connection: Connection, upsert: Any, rows: list[dict[str, Any]]) -> list[Row]:
+    if connection.dialect.name == "postgresql":
+        return connection.execute(_POSTGRES_UPSERT, {c: [row[c] for row in rows] for c in _COLUMNS}).all()
+    return connection.execute(upsert, rows).all()  # SQLite: one multi-row INSERT (insertmanyvalues)
 
 
 def _choices_and_adapters(connection: Connection, ids: set[str]) -> dict[str, tuple[list, str]]:

@@ -31,7 +31,16 @@ from sqlmodel import Session
 
 from feedback import db
 from feedback.models import ApiKey, Comparison, Completion, Example, Rating, ServingState, new_id, now
-from feedback.ratings import InvalidFeedback, Judgement, Outcome, UnknownCompletion, check_user, rate_many
+from feedback.ratings import (
+    RATING_KEY,
+    RATING_REPLACED,
+    InvalidFeedback,
+    Judgement,
+    Outcome,
+    UnknownCompletion,
+    check_user,
+    rate_many,
+)
 
 __all__ = ["FeedbackStore", "InvalidFeedback", "Judgement", "UnknownApiKey", "UnknownCompletion"]
 
@@ -59,9 +68,7 @@ class FeedbackStore:
         # Both dialects spell upserts the same way (`on_conflict_do_update`) but in different classes.
         self._insert = dialects[self.engine.dialect.name]
         # Built once: on SQLite, building an upsert statement costs more than running it.
-        self._rating_upsert = self._upsert(
-            Rating, ("completion_id", "choice_index", "user"), ("rating", "score", "comment", "correction", "updated")
-        )
+        self._rating_upsert = self._upsert(Rating, RATING_KEY, RATING_REPLACED)
         self._comparison_upsert = self._upsert(
             Comparison, ("completion_a", "completion_b", "user"), ("winner", "updated")
         )
@@ -76,7 +83,9 @@ class FeedbackStore:
         stmt = stmt.on_conflict_do_update(
             index_elements=[columns[name] for name in key], set_={name: stmt.excluded[name] for name in replace}
         )
-        return stmt.returning(*columns, sort_by_parameter_order=True)  # many rows: answers in their order
+        # Not sort_by_parameter_order: SQLAlchemy cannot order an upsert's rows and would send one statement per
+        # row; callers match the returned rows to theirs by the conflict key instead.
+        return stmt.returning(*columns)
 
     # -- plumbing ------------------------------------------------------------------------------
     @contextmanager
@@ -143,7 +152,7 @@ class FeedbackStore:
             if isinstance(outcome, Exception):
                 raise outcome
         row, created, _adapter = outcome
-        return row, created
+        return Rating(**row._mapping), created
 
     def rate_many(self, session: Session, judgements: Sequence[Judgement]) -> list[Outcome]:
         """Many ratings in the caller's transaction, which the caller commits (feedback/ratings.py): one
