@@ -38,11 +38,16 @@ Work = Callable[[Session], Any] | Judgement  # a judgement is written with the g
 
 
 class GroupCommitter:
-    """Runs `work(session)` callables in shared transactions on one thread. Thread-safe."""
+    """Runs judgements and `work(session)` callables in shared transactions on `writers` threads. Thread-safe.
 
-    def __init__(self, store: FeedbackStore, *, max_batch: int = 256) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
+    With more than one writer, a group is written while the one before it waits on its commit (Postgres,
+    whose commits are round trips to another process, gains; SQLite allows one writer at a time, so one).
+    Groups in flight at once hold requests that were in flight at once, whose order no client can rely on;
+    a client that waits for its answer before re-rating is always ordered."""
+
+    def __init__(self, store: FeedbackStore, *, max_batch: int = 256, writers: int = 1) -> None:
+        if max_batch < 1 or writers < 1:
+            raise ValueError("max_batch and writers must be at least 1")
         self.store, self.max_batch = store, max_batch
         self._cond = threading.Condition()
         self._queue: deque[tuple[Work, Future]] = deque()
@@ -50,8 +55,11 @@ class GroupCommitter:
         self.commits = 0  # transactions committed
         self.written = 0  # judgements acknowledged
         self.regrouped = 0  # groups rolled back and written one by one
-        self._thread = threading.Thread(target=self._run, name="feedback-group-commit", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"feedback-group-commit-{n}", daemon=True) for n in range(writers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def rate(self, judgement: Judgement) -> Future:
         """Queue a rating; its future resolves with (row, created, adapter) once it is COMMITTED, or raises
@@ -72,8 +80,9 @@ class GroupCommitter:
         """Commit what is queued, then stop the thread (idempotent)."""
         with self._cond:
             self._closing = True
-            self._cond.notify()
-        self._thread.join(timeout)
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
 
     # -- the thread's side ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -108,14 +117,16 @@ class GroupCommitter:
                 group[0][1].set_exception(error)
                 return
             log.warning("a group of %d judgements failed (%s); writing each alone", len(group), error)
-            self.regrouped += 1
+            with self._cond:
+                self.regrouped += 1
             for item in group:
                 self._commit([item])
             return
-        self.commits += 1
+        with self._cond:
+            self.commits += 1
+            self.written += sum(error is None for _, _, error in results)
         for future, value, error in results:
             if error is None:
-                self.written += 1
                 future.set_result(value)
             else:
                 future.set_exception(error)

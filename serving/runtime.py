@@ -48,7 +48,8 @@ class ServingRuntime:
         self.writer = CompletionLogWriter(
             self.store, batch_size=settings.log_batch_size, flush_seconds=settings.log_flush_seconds
         )
-        self.committer = GroupCommitter(self.store, max_batch=settings.feedback_group_commit)
+        writers = 2 if self.store.engine.dialect.name == "postgresql" else 1  # see GroupCommitter
+        self.committer = GroupCommitter(self.store, max_batch=settings.feedback_group_commit, writers=writers)
         self.registry = AdapterRegistry(self.store, settings.adapters_dir)
         self.feedback_limits = FeedbackRateLimiter(
             settings.feedback_rate_per_minute, settings.feedback_key_rate_per_minute

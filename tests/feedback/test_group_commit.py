@@ -140,7 +140,9 @@ def test_a_database_error_in_a_group_rolls_it_back_and_each_is_written_alone(sto
     assert stored(store, Rating) == 4  # the broken row's neighbours were committed on their own
 
 
-def test_concurrent_threads_all_get_their_own_committed_answer(store, committer) -> None:
+@pytest.mark.parametrize("writers", [1, 2])
+def test_concurrent_threads_all_get_their_own_committed_answer(store, writers) -> None:
+    committer = GroupCommitter(store, max_batch=64, writers=writers)
     rows = [completion() for _ in range(8)]
     store.record_completions(rows)
     answers: list[str] = []
@@ -156,6 +158,7 @@ def test_concurrent_threads_all_get_their_own_committed_answer(store, committer)
         thread.start()
     for thread in threads:
         thread.join(60)
+    committer.close()
     assert len(set(answers)) == 200 and committer.written == 200
     with store.session() as session:
         assert set(session.scalars(select(Rating.id))) == set(answers)
