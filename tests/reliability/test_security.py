@@ -28,7 +28,7 @@ from serving.ratelimit import FeedbackRateLimiter, TokenBuckets
 
 from helpers import register_test_adapter
 
-PER_USER, PER_KEY = 3, 5  # this app's feedback limits a minute (the defaults are 120 and 6000)
+PER_USER, PER_KEY = 3, 5  # this app's feedback limits a minute (the defaults are 120 and 60,000)
 ERROR_FIELDS = {"message", "type", "param", "code"}
 
 
