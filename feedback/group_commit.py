@@ -1,12 +1,13 @@
 """Group commit for ratings: concurrent judgements share one transaction and one fsync.
 
 A rating is acknowledged only once it is committed, so one commit per rating bounds the feedback route by
-the disk's fsync rate. Here one background thread takes every judgement waiting in its queue, writes them
-all in ONE transaction (the ratings in a few multi-row statements, feedback/ratings.py; other work, such as
-comparisons, one call each), commits once, and only then resolves each caller's future: an acknowledgement
-still means "committed", but many share the cost of the commit. There is no timer: a lone rating is
-committed at once, and the judgements that arrive while a commit is on disk form the next group, so a
-group grows exactly as fast as the load does (the way databases group their own commits).
+the disk's fsync rate. Here a background thread (two on Postgres) takes every judgement waiting in its
+queue, writes them all in ONE transaction (the ratings in a few multi-row statements, feedback/ratings.py;
+other work, such as comparisons, one call each), commits once, and only then resolves each caller's
+future: an acknowledgement still means "committed", but many share the cost of the commit. There is no
+timer: a lone rating is committed at once, and the judgements that arrive while a commit is on disk form
+the next group, so a group grows exactly as fast as the load does (the way databases group their own
+commits).
 
 Failures stay each caller's own:
 - A domain error (an unknown completion, a choice out of range) is raised by the store before it writes

@@ -24,6 +24,7 @@ __all__ = [
     "make_lora_adapter",
     "register_test_adapter",
     "request",
+    "stored_completion",
     "wait_until",
 ]
 
@@ -48,6 +49,30 @@ QUESTIONS = [
 ]
 GREEDY = SamplingParams(max_tokens=40, temperature=0)
 _ids = itertools.count()
+
+
+def stored_completion(
+    *,
+    choices: int = 1,
+    user: str | None = None,
+    cid: str | None = None,
+    model: str | None = "current",
+    adapter: str = "base",
+):
+    """A Completion row as the serving log writes one (for store-level tests: record it, then rate it)."""
+    import uuid
+
+    from feedback.models import Completion
+
+    return Completion(
+        id=cid or f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        user=user,
+        model=model,
+        adapter=adapter,
+        base_model="demo-tiny-v1",
+        messages=[{"role": "user", "content": "hi"}],
+        choices=[{"index": i, "text": f"answer {i}", "finish_reason": "stop"} for i in range(choices)],
+    )
 
 
 def request(prompt: list[int], params: SamplingParams = GREEDY, adapter: str | None = None) -> GenerationRequest:

@@ -4,32 +4,15 @@ resolves only after its commit, and one caller's failure stays its own."""
 from __future__ import annotations
 
 import threading
-import uuid
 
 import pytest
 from sqlalchemy import func, select, text
 
 from feedback.group_commit import GroupCommitter
-from feedback.models import Comparison, Completion, Rating
+from feedback.models import Comparison, Rating
 from feedback.store import FeedbackStore, InvalidFeedback, Judgement, UnknownCompletion
 
-
-def completion() -> Completion:
-    return Completion(
-        id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        model="current",
-        adapter="ad-7",
-        base_model="demo-tiny-v1",
-        messages=[{"role": "user", "content": "hi"}],
-        choices=[{"index": 0, "text": "hello", "finish_reason": "stop"}],
-    )
-
-
-@pytest.fixture
-def store(db_url: str):
-    store = FeedbackStore(db_url)
-    yield store
-    store.close()
+from helpers import stored_completion
 
 
 @pytest.fixture
@@ -63,7 +46,7 @@ def stored(store: FeedbackStore, model: type) -> int:
 
 
 def test_judgements_that_wait_together_share_one_commit(store, committer) -> None:
-    rows = [completion() for _ in range(30)]
+    rows = [stored_completion(adapter="ad-7") for _ in range(30)]
     store.record_completions(rows)
     release = hold(committer)
     futures = [committer.rate(rate(store, row.id, f"u{i}")) for i, row in enumerate(rows)]
@@ -78,7 +61,7 @@ def test_judgements_that_wait_together_share_one_commit(store, committer) -> Non
 
 
 def test_a_group_is_capped_at_max_batch(store) -> None:
-    rows = [completion() for _ in range(10)]
+    rows = [stored_completion(adapter="ad-7") for _ in range(10)]
     store.record_completions(rows)
     committer = GroupCommitter(store, max_batch=4)
     try:
@@ -92,7 +75,7 @@ def test_a_group_is_capped_at_max_batch(store) -> None:
 
 
 def test_re_ratings_in_the_same_group_replace_each_other_in_order(store, committer) -> None:
-    rows = [completion(), completion()]
+    rows = [stored_completion(adapter="ad-7"), stored_completion(adapter="ad-7")]
     store.record_completions(rows)
     release = hold(committer)
     ann = [committer.rate(rate(store, rows[0].id, "ann", value)) for value in (1, -1, 1)]
@@ -108,7 +91,7 @@ def test_re_ratings_in_the_same_group_replace_each_other_in_order(store, committ
 
 
 def test_a_bad_judgement_fails_alone_and_its_group_commits(store, committer) -> None:
-    good = [completion() for _ in range(3)]
+    good = [stored_completion(adapter="ad-7") for _ in range(3)]
     store.record_completions(good)
     release = hold(committer)
     before = committer.rate(rate(store, good[0].id, "a"))
@@ -126,7 +109,7 @@ def test_a_bad_judgement_fails_alone_and_its_group_commits(store, committer) -> 
 
 
 def test_a_database_error_in_a_group_rolls_it_back_and_each_is_written_alone(store, committer) -> None:
-    good = [completion() for _ in range(4)]
+    good = [stored_completion(adapter="ad-7") for _ in range(4)]
     store.record_completions(good)
     release = hold(committer)
     futures = [committer.rate(rate(store, row.id, "u")) for row in good[:2]]
@@ -143,7 +126,7 @@ def test_a_database_error_in_a_group_rolls_it_back_and_each_is_written_alone(sto
 @pytest.mark.parametrize("writers", [1, 2])
 def test_concurrent_threads_all_get_their_own_committed_answer(store, writers) -> None:
     committer = GroupCommitter(store, max_batch=64, writers=writers)
-    rows = [completion() for _ in range(8)]
+    rows = [stored_completion(adapter="ad-7") for _ in range(8)]
     store.record_completions(rows)
     answers: list[str] = []
 
@@ -165,7 +148,7 @@ def test_concurrent_threads_all_get_their_own_committed_answer(store, writers) -
 
 
 def test_a_closed_committer_refuses_new_work_and_commits_what_it_holds(store) -> None:
-    row = completion()
+    row = stored_completion(adapter="ad-7")
     store.record_completions([row])
     committer = GroupCommitter(store)
     future = committer.rate(rate(store, row.id, "last"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import re
-import uuid
 
 import pytest
 from sqlalchemy import func, select
@@ -13,24 +12,7 @@ from sqlalchemy import func, select
 from feedback.models import ApiKey, Comparison, Completion, Example, Rating
 from feedback.store import FeedbackStore, InvalidFeedback, UnknownApiKey, UnknownCompletion
 
-
-def completion(choices: int = 1, user: str | None = None, cid: str | None = None) -> Completion:
-    return Completion(
-        id=cid or f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        user=user,
-        model="current",
-        adapter="base",
-        base_model="demo-tiny-v1",
-        messages=[{"role": "user", "content": "hi"}],
-        choices=[{"index": i, "text": f"answer {i}", "finish_reason": "stop"} for i in range(choices)],
-    )
-
-
-@pytest.fixture
-def store(db_url: str):
-    store = FeedbackStore(db_url)
-    yield store
-    store.close()
+from helpers import stored_completion
 
 
 def count(store: FeedbackStore, model: type) -> int:
@@ -40,7 +22,7 @@ def count(store: FeedbackStore, model: type) -> int:
 
 # -- completions ----------------------------------------------------------------------------------
 def test_record_completions_is_bulk_and_skips_stored_ids(store: FeedbackStore) -> None:
-    rows = [completion() for _ in range(5)]
+    rows = [stored_completion() for _ in range(5)]
     assert store.record_completions(rows[:3]) == 3
     assert store.record_completions(rows) == 2  # a retried batch does not fail on its earlier success
     assert count(store, Completion) == 5
@@ -51,7 +33,7 @@ def test_record_completions_is_bulk_and_skips_stored_ids(store: FeedbackStore) -
 
 # -- ratings --------------------------------------------------------------------------------------
 def test_rate_creates_then_the_same_user_updates_the_same_row(store: FeedbackStore) -> None:
-    c = completion(choices=2)
+    c = stored_completion(choices=2)
     store.record_completions([c])
     first, created = store.rate(c.id, 0, rating=1, comment="nice", user="ann")
     assert created and first.id.startswith("fb-") and first.rating == 1
@@ -87,7 +69,7 @@ BAD_RATINGS = [
 
 def test_rate_rejects_bad_feedback_and_unknown_ids(store: FeedbackStore) -> None:
     # One database for all cases: a fresh Postgres database per case would cost more than the checks.
-    c = completion()
+    c = stored_completion()
     store.record_completions([c])
     for case, message in BAD_RATINGS:
         kwargs = dict(case)
@@ -102,7 +84,7 @@ def test_rate_rejects_bad_feedback_and_unknown_ids(store: FeedbackStore) -> None
 
 # -- comparisons ----------------------------------------------------------------------------------
 def test_compare_stores_the_pair_sorted_and_upserts_per_user(store: FeedbackStore) -> None:
-    a, b = completion(cid="chatcmpl-a"), completion(cid="chatcmpl-b")
+    a, b = stored_completion(cid="chatcmpl-a"), stored_completion(cid="chatcmpl-b")
     store.record_completions([a, b])
     first, created = store.compare((b.id, a.id), winner=b.id, user="ann")
     assert created and first.id.startswith("cmp-")
@@ -123,7 +105,7 @@ BAD_COMPARISONS = [
 
 
 def test_compare_rejects_bad_input(store: FeedbackStore) -> None:
-    store.record_completions([completion(cid="chatcmpl-a"), completion(cid="chatcmpl-b")])
+    store.record_completions([stored_completion(cid="chatcmpl-a"), stored_completion(cid="chatcmpl-b")])
     for ids, winner, error, message in BAD_COMPARISONS:
         with pytest.raises(error, match=message):
             store.compare(ids, winner)
@@ -139,7 +121,7 @@ def test_stats_has_the_design_shape_and_exact_counts(store: FeedbackStore) -> No
         "examples": {"sft": 0, "dpo": 0},
         "users": 0,
     }
-    c1, c2, c3 = completion(user="ann"), completion(user=""), completion(choices=2)
+    c1, c2, c3 = stored_completion(user="ann"), stored_completion(user=""), stored_completion(choices=2)
     store.record_completions([c1, c2, c3])
     store.rate(c1.id, 0, rating=1, user="bob")
     store.rate(c2.id, 0, rating=-1, user="ann")
@@ -203,7 +185,7 @@ def _writer_process(url: str, tag: str, shared: list[str], n: int, start, result
     raced = sum(store.rate(cid, 0, rating=1, user="racer")[1] for cid in shared)
     created = 0
     for i in range(n):
-        c = completion(cid=f"chatcmpl-{tag}-{i}", user=tag)
+        c = stored_completion(cid=f"chatcmpl-{tag}-{i}", user=tag)
         store.record_completions([c])
         created += store.rate(c.id, 0, rating=1 if i % 2 else -1, user=tag)[1]
     store.close()
@@ -211,7 +193,7 @@ def _writer_process(url: str, tag: str, shared: list[str], n: int, start, result
 
 
 def test_two_writer_processes_lose_nothing_and_race_to_one_row(store: FeedbackStore, db_url: str) -> None:
-    n, shared = 100, [completion() for _ in range(50)]  # 200 own rows (completion + rating) per process
+    n, shared = 100, [stored_completion() for _ in range(50)]  # 200 own rows (completion + rating) per process
     store.record_completions(shared)
     ids = [c.id for c in shared]
     context = multiprocessing.get_context("spawn")
