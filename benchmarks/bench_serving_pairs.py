@@ -15,8 +15,9 @@ and how many rounds it won.
 
 Systems: `naive` (a loop of single-request `generate` in this process, 1/16 of the requests),
 `hf-served` (ratchet, hf engine in its own process: the default), `hf-served-thread` (the engine in the
-replica's process), `hf-served-user-thread` (the replica's handlers on a second event loop in a thread, Ray
-Serve's default), `vllm-served` (ratchet, vLLM engine), `vllm-server` (vLLM's own OpenAI server),
+replica's process), `hf-served-one-loop` (the replica's handlers on Ray Serve's own event loop rather than
+the second loop in a thread that is Serve's default), `vllm-served` (ratchet, vLLM engine), `vllm-server`
+(vLLM's own OpenAI server),
 `vllm-server-lora` (the same with LoRA enabled as ratchet's vLLM engine has it: 8 adapters of rank <= 64).
 Each ratchet server is a `ratchet serve` process with its own local Ray; idle servers cost the others a little
 CPU (Ray's own loops), the same in every round. Writes benchmarks/out/serving_pairs.json.
@@ -51,8 +52,8 @@ from bench_serving import (
 RATCHET = {
     "hf-served": {"RATCHET_ENGINE": "hf"},
     "hf-served-thread": {"RATCHET_ENGINE": "hf", "RATCHET_ENGINE_PROCESS": "false"},
-    # Ray Serve's default: the replica's handlers on a second event loop in a thread of their own
-    "hf-served-user-thread": {"RATCHET_ENGINE": "hf", "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1"},
+    # the replica's handlers on Serve's own event loop instead of a second loop in a thread (Serve's default)
+    "hf-served-one-loop": {"RATCHET_ENGINE": "hf", "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"},
     "vllm-served": {"RATCHET_ENGINE": "vllm"},
 }
 

@@ -34,13 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("ratchet.serving")
 APP_NAME = "ratchet"
 DEPLOYMENT_NAME = "RatchetServer"
-# User code on the replica's own event loop, not a second loop in another thread: every request then skips
-# two cross-thread hand-offs (Ray Serve's own throughput setting; ratchet's handlers never block the loop).
-RAY_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-}
+# Ray Serve's default stays: the handlers on a second event loop in a thread of their own. Moving them onto
+# the replica's own loop (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0) sped up short requests such as ratings
+# but slowed SSE streams, the main traffic (docs/benchmarks.md, feedback over HTTP).
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
 # The haproxy ingress: Ray Serve runs HAProxy on the public port, forwarding each request straight to the
 # HTTP port of a replica (direct ingress), instead of through its Python proxy actor. A stopping replica
 # waits this long for HAProxy to stop sending it requests (Ray's default, 30 s, is for external balancers).
