@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -167,11 +168,7 @@ def main() -> None:
 
 
 def _database(backend: str, sqlite_path: Path):
-    if backend == "postgres":
-        return postgres_url()
-    from contextlib import nullcontext
-
-    return nullcontext(f"sqlite:///{sqlite_path}")
+    return postgres_url() if backend == "postgres" else nullcontext(f"sqlite:///{sqlite_path}")
 
 
 if __name__ == "__main__":

@@ -70,18 +70,9 @@ def fill_store(store_url: str, ratings: int, adapters: list[str], seed: int = 0)
             for i in batch:
                 at, adapter = now - rng.uniform(0, 48 * 3600), rng.choice(adapters)
                 cid = f"chatcmpl-bench-{i:06d}"
-                completions.append(
-                    Completion(
-                        id=cid,
-                        created=at,
-                        model="current",
-                        adapter=adapter,
-                        base_model="demo",
-                        route="current",
-                        messages=[{"role": "user", "content": PROMPT}],
-                        choices=[{"index": 0, "text": f"answer {i}", "finish_reason": "stop"}],
-                    )
-                )
+                completions.append(Completion(id=cid, created=at, model="current", adapter=adapter, base_model="demo",
+                                              route="current", messages=[{"role": "user", "content": PROMPT}],
+                                              choices=[{"index": 0, "text": f"answer {i}", "finish_reason": "stop"}]))
                 liked = rng.random() < (0.3 if adapter == "base" else 0.6)
                 rows.append(Rating(id=f"fb-bench-{i:06d}", completion_id=cid, user=f"bench-{i % 300}",
                                    rating=1 if liked else -1, created=at + 5, updated=at + 5))  # fmt: skip

@@ -46,7 +46,9 @@ class GroupCommitter:
     Groups in flight at once hold requests that were in flight at once, whose order no client can rely on;
     a client that waits for its answer before re-rating is always ordered."""
 
-    def __init__(self, store: FeedbackStore, *, max_batch: int = 256, writers: int = 1) -> None:
+    def __init__(self, store: FeedbackStore, *, max_batch: int = 256, writers: int | None = None) -> None:
+        if writers is None:  # see the class docstring
+            writers = 2 if store.engine.dialect.name == "postgresql" else 1
         if max_batch < 1 or writers < 1:
             raise ValueError("max_batch and writers must be at least 1")
         self.store, self.max_batch = store, max_batch
@@ -78,7 +80,7 @@ class GroupCommitter:
         return future
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Commit what is queued, then stop the thread (idempotent)."""
+        """Commit what is queued, then stop the threads (idempotent)."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -102,13 +104,12 @@ class GroupCommitter:
         try:
             with self.store.session() as session:
                 ratings = [(work, future) for work, future in group if isinstance(work, Judgement)]
+                others = [(work, future) for work, future in group if not isinstance(work, Judgement)]
                 outcomes = self.store.rate_many(session, [work for work, _ in ratings])
                 for (_, future), outcome in zip(ratings, outcomes, strict=True):
                     failed = isinstance(outcome, Exception)
                     results.append((future, None if failed else outcome, outcome if failed else None))
-                for work, future in group:
-                    if isinstance(work, Judgement):
-                        continue
+                for work, future in others:
                     try:
                         results.append((future, work(session), None))
                     except (InvalidFeedback, UnknownCompletion) as error:  # raised before it wrote anything

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, text
+from sqlalchemy import Connection, Row, select, text
 
 from feedback.models import Completion, new_id, now
 
@@ -38,19 +38,19 @@ _COLUMNS = {  # each column with its Postgres array type, for the unnest upsert 
     "created": "float8[]",
     "updated": "float8[]",
 }
-# On Postgres a group's rows go as one array per column: one short statement whatever the group's size, which
-# the driver prepares once (a multi-row VALUES list is a new, long statement for every size, parsed each time).
 
 
 def _quoted(names) -> str:
     return ", ".join(f'"{name}"' for name in names)
 
 
+_REPLACE = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in RATING_REPLACED)
+# On Postgres a group's rows go as one array per column: one short statement whatever the group's size, which
+# the driver prepares once (a multi-row VALUES list is a new, long statement for every size, parsed each time).
 _POSTGRES_UPSERT = text(
     f"INSERT INTO ratings ({_quoted(_COLUMNS)}) "
     f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t})' for c, t in _COLUMNS.items())}) "
-    f"ON CONFLICT ({_quoted(RATING_KEY)}) "
-    f"DO UPDATE SET {', '.join(f'{q} = EXCLUDED.{q}' for q in map(_quoted, ([c] for c in RATING_REPLACED)))} "
+    f"ON CONFLICT ({_quoted(RATING_KEY)}) DO UPDATE SET {_REPLACE} "
     f"RETURNING {_quoted(_COLUMNS)}"
 )
 
@@ -143,10 +143,10 @@ def _upsert(connection: Connection, upsert: Any, rows: list[dict[str, Any]]) -> 
 
 def _choices_and_adapters(connection: Connection, ids: set[str]) -> dict[str, tuple[list, str]]:
     table = Completion.__table__
-    found: dict[str, tuple[list, str]] = {}
+    query = select(table.c.id, table.c.choices, table.c.adapter)
     ordered = sorted(ids)
+    found: dict[str, tuple[list, str]] = {}
     for start in range(0, len(ordered), _CHUNK):
-        query = table.select().with_only_columns(table.c.id, table.c.choices, table.c.adapter)
         for cid, choices, adapter in connection.execute(query.where(table.c.id.in_(ordered[start : start + _CHUNK]))):
             found[cid] = (choices, adapter)
     return found

@@ -48,8 +48,7 @@ class ServingRuntime:
         self.writer = CompletionLogWriter(
             self.store, batch_size=settings.log_batch_size, flush_seconds=settings.log_flush_seconds
         )
-        writers = 2 if self.store.engine.dialect.name == "postgresql" else 1  # see GroupCommitter
-        self.committer = GroupCommitter(self.store, max_batch=settings.feedback_group_commit, writers=writers)
+        self.committer = GroupCommitter(self.store, max_batch=settings.feedback_group_commit)
         self.registry = AdapterRegistry(self.store, settings.adapters_dir)
         self.feedback_limits = FeedbackRateLimiter(
             settings.feedback_rate_per_minute, settings.feedback_key_rate_per_minute

@@ -17,7 +17,7 @@ from helpers import stored_completion
 
 @pytest.fixture
 def committer(store: FeedbackStore):
-    committer = GroupCommitter(store, max_batch=64)
+    committer = GroupCommitter(store, max_batch=64, writers=1)  # hold() occupies the one thread
     yield committer
     committer.close()
 
@@ -36,7 +36,7 @@ def hold(committer: GroupCommitter) -> threading.Event:
     return release
 
 
-def rate(store: FeedbackStore, cid: str, user: str, rating: int = 1) -> Judgement:
+def rate(cid: str, user: str, rating: int = 1) -> Judgement:
     return Judgement(cid, 0, rating=rating, user=user)
 
 
@@ -49,7 +49,7 @@ def test_judgements_that_wait_together_share_one_commit(store, committer) -> Non
     rows = [stored_completion(adapter="ad-7") for _ in range(30)]
     store.record_completions(rows)
     release = hold(committer)
-    futures = [committer.rate(rate(store, row.id, f"u{i}")) for i, row in enumerate(rows)]
+    futures = [committer.rate(rate(row.id, f"u{i}")) for i, row in enumerate(rows)]
     assert not any(f.done() for f in futures)
     assert stored(store, Rating) == 0  # nothing is acknowledged before its commit
     release.set()
@@ -63,10 +63,10 @@ def test_judgements_that_wait_together_share_one_commit(store, committer) -> Non
 def test_a_group_is_capped_at_max_batch(store) -> None:
     rows = [stored_completion(adapter="ad-7") for _ in range(10)]
     store.record_completions(rows)
-    committer = GroupCommitter(store, max_batch=4)
+    committer = GroupCommitter(store, max_batch=4, writers=1)
     try:
         release = hold(committer)
-        futures = [committer.rate(rate(store, row.id, "u")) for row in rows]
+        futures = [committer.rate(rate(row.id, "u")) for row in rows]
         release.set()
         assert all(f.result(10)[1] for f in futures)
         assert committer.commits == 1 + 3  # the blocker, then 4 + 4 + 2
@@ -78,7 +78,7 @@ def test_re_ratings_in_the_same_group_replace_each_other_in_order(store, committ
     rows = [stored_completion(adapter="ad-7"), stored_completion(adapter="ad-7")]
     store.record_completions(rows)
     release = hold(committer)
-    ann = [committer.rate(rate(store, rows[0].id, "ann", value)) for value in (1, -1, 1)]
+    ann = [committer.rate(rate(rows[0].id, "ann", value)) for value in (1, -1, 1)]
     bob = committer.rate(Judgement(rows[1].id, 0, score=4, comment="fine", user="bob"))
     release.set()
     answers = [f.result(10) for f in ann]
@@ -94,8 +94,8 @@ def test_a_bad_judgement_fails_alone_and_its_group_commits(store, committer) -> 
     good = [stored_completion(adapter="ad-7") for _ in range(3)]
     store.record_completions(good)
     release = hold(committer)
-    before = committer.rate(rate(store, good[0].id, "a"))
-    unknown = committer.rate(rate(store, "chatcmpl-never-served", "b"))
+    before = committer.rate(rate(good[0].id, "a"))
+    unknown = committer.rate(rate("chatcmpl-never-served", "b"))
     invalid = committer.rate(Judgement(good[1].id, 5, rating=1, user="c"))
     pair = committer.submit(lambda session: store.compare_in(session, (good[1].id, good[2].id), good[2].id, "d"))
     release.set()
@@ -112,9 +112,9 @@ def test_a_database_error_in_a_group_rolls_it_back_and_each_is_written_alone(sto
     good = [stored_completion(adapter="ad-7") for _ in range(4)]
     store.record_completions(good)
     release = hold(committer)
-    futures = [committer.rate(rate(store, row.id, "u")) for row in good[:2]]
+    futures = [committer.rate(rate(row.id, "u")) for row in good[:2]]
     broken = committer.submit(lambda session: session.execute(text("INSERT INTO no_such_table VALUES (1)")))
-    futures += [committer.rate(rate(store, row.id, "u")) for row in good[2:]]
+    futures += [committer.rate(rate(row.id, "u")) for row in good[2:]]
     release.set()
     assert all(f.result(10)[1] for f in futures)
     with pytest.raises(Exception, match="no_such_table"):
@@ -132,7 +132,7 @@ def test_concurrent_threads_all_get_their_own_committed_answer(store, writers) -
 
     def rater(t: int) -> None:
         for i in range(25):
-            rating, created, _ = committer.rate(rate(store, rows[t].id, f"t{t}-{i}")).result(30)
+            rating, created, _ = committer.rate(rate(rows[t].id, f"t{t}-{i}")).result(30)
             assert created
             answers.append(rating.id)
 
@@ -151,8 +151,8 @@ def test_a_closed_committer_refuses_new_work_and_commits_what_it_holds(store) ->
     row = stored_completion(adapter="ad-7")
     store.record_completions([row])
     committer = GroupCommitter(store)
-    future = committer.rate(rate(store, row.id, "last"))
+    future = committer.rate(rate(row.id, "last"))
     committer.close()
     assert future.result(1)[1] is True
     with pytest.raises(RuntimeError, match="closed"):
-        committer.rate(rate(store, row.id, "late"))
+        committer.rate(rate(row.id, "late"))
