@@ -1,16 +1,20 @@
 """Hot-swap under load: how long a promotion takes to reach users, and what it does to latency.
 
-    python benchmarks/bench_swap.py                    # 8 streaming clients, 3 swaps
-    python benchmarks/bench_swap.py --clients 16 --swaps 5
+    python benchmarks/bench_swap.py                    # 8 streaming clients, 3 rounds
+    python benchmarks/bench_swap.py --clients 16 --rounds 5
 
-A real ratchet server (hf engine, demo model, Ray Serve) with two registered LoRA adapters; `--clients`
-threads stream chat completions without pause through the official `openai` SDK. After a steady-state
-window, the adapters are promoted in turn through `POST /admin/promote`. Measured, side by side in this one
-run:
-- promote call: the admin request's own time (load + check + smoke generation + state switch);
-- swap latency: from the promote call's start to the first response that NAMES the new adapter
-  (started after the call returned, since a request keeps the adapter it started with);
-- request latency p50/p99 in steady state vs in the 5 s after each promote call, and failed requests.
+A real ratchet server (hf engine, demo model, Ray Serve) with freshly registered LoRA adapters; `--clients`
+threads stream chat completions of `current` without pause through the official `openai` SDK. After a
+steady-state window, each round makes three changes through the admin API, a few seconds apart:
+- cold: `POST /admin/promote` of an adapter this replica never loaded (load, sha256, smoke generation);
+- canary: `POST /admin/canary` of a second new adapter at half the traffic (it is loaded and checked here);
+- warm: `POST /admin/promote` of that canary's adapter, already loaded and checked.
+Measured, side by side in this one run:
+- the promote call's own time, warm and cold;
+- follow: from the call's return to the first token of the new adapter in a request that started after it;
+- stale: requests that started after a promote call returned but were answered by another adapter (the
+  goal is none: a request resolves its adapter when it starts);
+- request latency p50/p99 in steady state vs in the window after each change, and failed requests.
 Prints a table and writes benchmarks/out/swap.json. The script times itself; nothing here asserts a speed.
 """
 
@@ -29,28 +33,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_serving import OUT, demo_model, free_port, percentile  # noqa: E402
 
-SWAP_WINDOW_S = 5.0
+SWAP_WINDOW_S = 4.0
 
 
 def stream_clients(url: str, prompt: str, clients: int, stop: threading.Event, log: list, failures: list) -> list:
+    """Each client streams without pause; `log` gets (started, first token, finished, model) per request."""
     from openai import OpenAI
 
     client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
     def run() -> None:
         while not stop.is_set():
-            started = time.monotonic()
+            started, first, model = time.monotonic(), None, None
             try:
-                chunks = list(
-                    client.chat.completions.create(
-                        model="current",
-                        messages=[{"role": "user", "content": prompt}],
-                        max_tokens=32,
-                        temperature=0,
-                        stream=True,
-                    )
+                stream = client.chat.completions.create(
+                    model="current",
+                    messages=[{"role": "user", "content": prompt}],
+                    max_tokens=32,
+                    temperature=0,
+                    stream=True,
                 )
-                log.append((started, time.monotonic(), chunks[0].model))
+                for chunk in stream:
+                    model = model or chunk.model
+                    if first is None and chunk.choices and chunk.choices[0].delta.content:
+                        first = time.monotonic()
+                log.append((started, first, time.monotonic(), model))
             except Exception as error:  # counted: a swap must fail nothing
                 failures.append(repr(error))
 
@@ -61,13 +68,24 @@ def stream_clients(url: str, prompt: str, clients: int, stop: threading.Event, l
 
 
 def latencies(log: list, start: float, end: float) -> list[float]:
-    return [finish - begin for begin, finish, _ in log if start <= begin < end]
+    return [finish - begin for begin, _, finish, _ in log if start <= begin < end]
+
+
+def judge(change: dict, log: list) -> dict:
+    """Follow time and stale answers of one change, from the requests that started after its call returned."""
+    returned, target = change.pop("returned"), change["to"]
+    after = [(begin, first, model) for begin, first, _, model in log if begin >= returned]
+    if change["kind"] != "canary":
+        firsts = [first for begin, first, model in after if model == target and first is not None]
+        change["follow_s"] = round(min(firsts) - returned, 3) if firsts else None
+        change["stale"] = sum(1 for begin, _, model in after if begin < returned + SWAP_WINDOW_S and model != target)
+    return change
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--swaps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steady-seconds", type=float, default=10.0)
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -90,35 +108,36 @@ def main() -> None:
             keep_adapters=100,
         )
         init_workspace(settings, progress=False)
-        names = [register_random_adapter(settings, seed) for seed in (1, 2)]
+        names = [register_random_adapter(settings, seed) for seed in range(1, 2 * args.rounds + 1)]
         url = start(settings)
         admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {read_admin_key(settings)}"}, timeout=120)
         log: list = []
         failures: list = []
         halt = threading.Event()
         threads = stream_clients(url, corpus.prompts(corpus.TOPICS[0])[0], args.clients, halt, log, failures)
+        changes: list[dict] = []
+
+        def change(kind: str, path: str, body: dict) -> None:
+            began = time.monotonic()
+            reply = admin.post(path, json={**body, "force": True})
+            returned = time.monotonic()
+            reply.raise_for_status()
+            changes.append(
+                {"kind": kind, "to": body["adapter"], "call_s": round(returned - began, 3), "returned": returned}
+            )
+            changes[-1]["window"] = (began, began + SWAP_WINDOW_S)
+            time.sleep(SWAP_WINDOW_S)
+
         try:
             time.sleep(2)  # warm up
             steady_from = time.monotonic()
             time.sleep(args.steady_seconds)
             steady_window = (steady_from, time.monotonic())
-            swaps = []
-            for i in range(args.swaps):
-                target = names[i % 2] if i < args.swaps - 1 else "base"
-                began = time.monotonic()
-                reply = admin.post("/admin/promote", json={"adapter": target, "force": True})
-                returned = time.monotonic()
-                reply.raise_for_status()
-                time.sleep(SWAP_WINDOW_S)
-                swaps.append(
-                    {
-                        "to": target,
-                        "began": began,
-                        "promote_call_s": round(returned - began, 3),
-                        "returned": returned,
-                        "window": (began, began + SWAP_WINDOW_S),
-                    }
-                )
+            for i in range(args.rounds):
+                cold, warm = names[2 * i], names[2 * i + 1]
+                change("cold", "/admin/promote", {"adapter": cold})
+                change("canary", "/admin/canary", {"adapter": warm, "fraction": 0.5})
+                change("warm", "/admin/promote", {"adapter": warm})
         finally:
             halt.set()
             for thread in threads:
@@ -127,14 +146,10 @@ def main() -> None:
             stop(settings)
     if failures or not log:
         print(f"{len(failures)} failed requests, e.g. {failures[:3]}", file=sys.stderr)
-    for swap in swaps:
-        target, returned = swap["to"], swap.pop("returned")
-        first = min((end for start_, end, model in log if start_ >= returned and model == target), default=None)
-        swap["swap_latency_s"] = None if first is None else round(first - swap["began"], 3)
-        swap.pop("began")
     # requests are judged by when they STARTED, once all have finished
     steady = latencies(log, *steady_window)
-    during = [x for s in swaps for x in latencies(log, *s.pop("window"))]
+    during = [x for c in changes for x in latencies(log, *c.pop("window"))]
+    changes = [judge(c, log) for c in changes]
     result = {
         "clients": args.clients,
         "requests": len(log),
@@ -149,20 +164,18 @@ def main() -> None:
             "p99_s": round(percentile(during, 0.99), 3),
             "n": len(during),
         },
-        "swaps": swaps,
+        "changes": changes,
     }
     (OUT / "swap.json").write_text(json.dumps(result, indent=2))
     print(f"{len(log)} streamed requests from {args.clients} clients, {len(failures)} failed")
     print(
         f"latency p50/p99 steady {result['steady']['p50_s']}/{result['steady']['p99_s']} s, "
-        f"during swaps {result['during_swaps']['p50_s']}/{result['during_swaps']['p99_s']} s "
+        f"during changes {result['during_swaps']['p50_s']}/{result['during_swaps']['p99_s']} s "
         f"(p99 ratio {result['during_swaps']['p99_s'] / max(1e-9, result['steady']['p99_s']):.2f}x)"
     )
-    for swap in swaps:
-        print(
-            f"  -> {swap['to']}: promote call {swap['promote_call_s']} s, first answer by it after "
-            f"{swap['swap_latency_s']} s"
-        )
+    for c in changes:
+        tail = "" if c["kind"] == "canary" else f", first token by it {c['follow_s']} s later, {c['stale']} stale"
+        print(f"  {c['kind']:>6} -> {c['to']}: call {c['call_s']} s{tail}")
 
 
 def register_random_adapter(settings, seed: int) -> str:

@@ -192,7 +192,16 @@ class Settings(BaseSettings):
         3, ge=0, description="Adapters kept on disk besides current, previous and canary; older ones are pruned."
     )
     state_sync_seconds: float = Field(
-        1.0, gt=0, description="How often each replica checks the store for a new serving state."
+        2.0,
+        gt=0,
+        description="How often each replica re-reads the serving state from the store without being rung "
+        "(a change made by the replica handling a promotion reaches the others at once).",
+    )
+    state_push_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How long a promote, rollback or canary call waits for every replica to serve the new "
+        "state; the ones still behind are named in its answer.",
     )
 
     # -- derived paths ------------------------------------------------------------------------

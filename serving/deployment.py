@@ -1,9 +1,10 @@
 """The Ray Serve application: one deployment whose replicas each hold an engine and the HTTP app.
 
 Ingress and engine share a replica, so a token goes from the engine to the socket without another hop;
-replicas scale out whole. Routing state (current, previous, canary) is the deployment's `user_config`:
-deploying a new one through Serve's config path calls `reconfigure()` IN PLACE on every replica (no
-restart, no dropped request: docs/dev-log.md), which loads and checks the adapters and then switches.
+replicas scale out whole. Routing state (current, previous, canary) lives in the store; the replica that
+changes it rings the others through a small Ray actor (serving/fleet.py), and they re-read it at once. A
+deployment's `user_config` `state`, applied by `reconfigure()` in place on every replica, is the other way
+in (Serve's config path: no restart, no dropped request).
 
 Extra routers (files, fine-tuning, admin promote/rollback) come from a function the full app's builder
 passes in (`deploy.app:build`, which Serve's config names), called inside each replica: this package never
@@ -53,6 +54,7 @@ class RatchetServer:
     async def __init__(self, settings: dict[str, Any], routers: Callable[[], list[APIRouter]] | None = None) -> None:
         from serving import runtime as runtime_module
         from serving.app import create_app
+        from serving.fleet import RayFleet
 
         self.settings = Settings(**settings)
         # With the hf engine in this process (RATCHET_ENGINE_PROCESS=false), and for vLLM's output thread,
@@ -65,7 +67,9 @@ class RatchetServer:
             import torch
 
             torch.set_num_threads(self.settings.torch_threads)
-        self.runtime = runtime_module.ServingRuntime(self.settings)
+        context = serve.get_replica_context()
+        fleet = RayFleet(app=context.app_name, replica=context.replica_id.unique_id)
+        self.runtime = runtime_module.ServingRuntime(self.settings, fleet=fleet)
         await self.runtime.start()
         runtime_module.install(self.runtime)
         self.http_app = create_app(routers() if routers else [], max_request_bytes=self.settings.max_request_bytes)

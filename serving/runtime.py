@@ -2,14 +2,16 @@
 
 A replica (a Ray Serve actor, or a plain process in tests) builds one `ServingRuntime`, starts it, and
 installs it with `install()`; routes reach it through the `get_runtime` dependency. Routing state is
-data (`{"current": "ft-0003", "previous": …, "canary": {"adapter": …, "fraction": 0.1}}`) applied with
-`apply_state`, which loads and checks every adapter it names BEFORE switching, so a swap is atomic:
-a request resolves its adapter once, at its start, and finishes on it.
+data (`{"current": "ft-0003", "previous": …, "canary": {"adapter": …, "fraction": 0.1}}`) read from the
+store by `sync_state`, which loads every adapter it names BEFORE switching, so a swap is atomic: a request
+resolves its adapter once, at its start, and finishes on it. The replica that changes the state rings the
+fleet (serving/fleet.py) and every replica's follower re-reads the store at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -28,9 +30,11 @@ from ratchet.settings import Settings
 from serving import metrics
 from serving.engine import AdapterBusyError, AdapterLoadError, Engine, GenerationRequest, SamplingParams
 from serving.errors import model_not_found
+from serving.fleet import LocalFleet
 from serving.ratelimit import FeedbackRateLimiter
 
 log = logging.getLogger("ratchet.serving")
+FLEET_LEAVE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,9 @@ class Route:
 
 
 class ServingRuntime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, fleet: LocalFleet | None = None) -> None:
         self.settings = settings
+        self.fleet = fleet or LocalFleet()
         self.base_model_id = settings.base_model_id  # recorded with every completion; it stats a path
         self.store = FeedbackStore(settings.store_url)
         self.writer = CompletionLogWriter(
@@ -60,6 +65,8 @@ class ServingRuntime:
         self.state: dict[str, Any] = {"current": None, "previous": None, "canary": None}
         self.started_at = time.time()
         self._adapter_locks: dict[str, asyncio.Lock] = {}
+        self._state_lock = asyncio.Lock()  # one switch at a time: an older read never undoes a newer switch
+        self._checked: dict[str, str] = {}  # adapter -> its smoke text, while the checked load stays loaded
         self._in_flight = 0
         self._sync_task: asyncio.Task | None = None
         self.ready = False
@@ -86,11 +93,10 @@ class ServingRuntime:
         if starter is not None:
             await starter()
         self.context_length = self.engine.context_length
-        state = self.store.routing_state()
         try:
-            await self.apply_state(state)
+            await self.sync_state()
         except Exception:  # a bad persisted adapter must not keep the server down: serve the base
-            log.exception("could not restore the serving state %s; serving the base model", state)
+            log.exception("could not restore the serving state; serving the base model")
         self._sync_task = asyncio.create_task(self._follow_store_state())
         self.ready = True
 
@@ -98,6 +104,8 @@ class ServingRuntime:
         self.ready = False
         if self._sync_task is not None:
             self._sync_task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.fleet.leave(), FLEET_LEAVE_SECONDS)
         if self.engine is not None:
             await self.engine.shutdown()
         self.writer.close()
@@ -107,6 +115,20 @@ class ServingRuntime:
     # -- routing -------------------------------------------------------------------------------
     async def apply_state(self, state: dict[str, Any]) -> None:
         """Load every adapter `state` names, then switch to it in one assignment."""
+        async with self._state_lock:
+            await self._switch_to(state)
+
+    async def sync_state(self) -> dict[str, Any]:
+        """Serve the stored state. The store is read under the switch lock, so two syncs in a race apply
+        the store's states in order and the last one wins."""
+        async with self._state_lock:
+            wanted = await asyncio.to_thread(self.store.routing_state)
+            if wanted != self.state:
+                await self._switch_to(wanted)
+                log.info("serving state now %s", wanted)
+            return wanted
+
+    async def _switch_to(self, state: dict[str, Any]) -> None:
         names = [state.get("current"), state.get("previous"), (state.get("canary") or {}).get("adapter")]
         for name in names:
             if name and name != "base":
@@ -114,25 +136,29 @@ class ServingRuntime:
         self.state = {"current": state.get("current"), "previous": state.get("previous"), "canary": state.get("canary")}
 
     async def _follow_store_state(self) -> None:
-        """Every replica converges on the stored state: a promotion handled by one replica reaches all."""
+        """Every replica converges on the stored state: woken by a ring of the replica that changed it, and
+        at least every `state_sync_seconds` without one."""
+        seen = 0
         while True:
-            await asyncio.sleep(self.settings.state_sync_seconds)
             try:
-                wanted = await asyncio.to_thread(self.store.routing_state)
-                if wanted != self.state:
-                    await self.apply_state(wanted)
-                    log.info("serving state now %s", wanted)
+                seen = await self.fleet.wait(seen, self.settings.state_sync_seconds)
+                await self.sync_state()
+                await self.fleet.applied(seen)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bad adapter or a store hiccup: keep serving what we serve, try again
                 log.exception("could not apply the stored serving state")
+                await asyncio.sleep(self.settings.state_sync_seconds)
 
     async def check_servable(self, name: str) -> str:
         """Everything a promotion demands before `current` may point at `name`: loaded (sha256, safetensors,
-        base model checked on load), a LoRA rank within limits, and a smoke generation. Returns its text."""
+        base model checked on load), a LoRA rank within limits, and a smoke generation. Returns its text.
+        Done once per load: promoting the canary's adapter, checked when the canary started, costs nothing."""
         import json
 
         await self.ensure_adapter(name)
+        if name in self._checked and name in self.engine.adapters():
+            return self._checked[name]
         config_path = self.registry.resolve_path(name) / "adapter_config.json"
         rank = int(json.loads(config_path.read_text()).get("r", 0))
         if not 0 < rank <= self.settings.max_lora_rank:
@@ -154,6 +180,7 @@ class ServingRuntime:
             ) from error
         if tokens == 0:
             raise Conflict(f"adapter {name} generated nothing in its smoke test", code="adapter_check_failed")
+        self._checked[name] = text
         return text
 
     async def route(self, model: str, user: str | None) -> Route:
@@ -183,6 +210,7 @@ class ServingRuntime:
         async with lock:
             if name in self.engine.adapters():
                 return
+            self._checked.pop(name, None)  # a new load is checked anew
             path = await asyncio.to_thread(self._checked_adapter_path, name)
             try:
                 await self.engine.load_adapter(name, str(path))

@@ -1,9 +1,11 @@
 """Admin routes of the full app (admin key): status, promote, rollback, and the canary.
 
 Each change first makes THIS replica load and check the adapter (sha256, safetensors, base model, rank,
-a smoke generation: ServingRuntime.check_servable), then records the new state in the store (one
-transaction), then switches this replica at once; every other replica follows the stored state within
-`state_sync_seconds`. Requests already running finish on the adapter they started with.
+a smoke generation: ServingRuntime.check_servable, once per load), then records the new state in the
+store (one transaction), switches this replica, and rings every other replica to follow the stored
+state (serving/fleet.py). The call answers once every live replica serves the new state, or after
+`state_push_timeout_seconds` with the laggards named in `replicas`; so a request started after it
+returned is answered by the new state. Requests already running finish on the adapter they started with.
 
     GET  /admin/status
     POST /admin/promote        {"adapter": "ft-0004", "force": false}   immediate and full
@@ -15,6 +17,7 @@ transaction), then switches this replica at once; every other replica follows th
 from __future__ import annotations
 
 import asyncio
+import time
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
@@ -42,16 +45,20 @@ class ReasonBody(BaseModel):
     reason: str = Field("manual", max_length=500)
 
 
-async def _switch(runtime: ServingRuntime, state: dict) -> dict:
-    """Apply the state just stored on this replica now; prune old adapters' files; answer with the status."""
-    await runtime.apply_state(state)
+async def _switch(runtime: ServingRuntime) -> dict:
+    """Serve the state just stored on this replica, then on all; prune old adapters' files; answer with the
+    status and how the replicas followed."""
+    started = time.monotonic()
+    await runtime.sync_state()
+    replicas = await runtime.fleet.broadcast(runtime.settings.state_push_timeout_seconds)
+    replicas["seconds"] = round(time.monotonic() - started, 3)
     pruned = await asyncio.to_thread(
         promotion.prune, runtime.store, runtime.registry, keep=runtime.settings.keep_adapters
     )
     for name in pruned:
         if name in runtime.engine.adapters():
             await runtime.engine.unload_adapter(name)
-    return await _status(runtime)
+    return {**await _status(runtime), "replicas": replicas}
 
 
 async def _status(runtime: ServingRuntime) -> dict:
@@ -74,29 +81,29 @@ async def admin_status(runtime: Runtime) -> dict:
 @router.post("/promote")
 async def admin_promote(runtime: Runtime, body: PromoteBody) -> dict:
     await _checked(runtime, body)
-    state = await asyncio.to_thread(
+    await asyncio.to_thread(
         promotion.promote, runtime.store, runtime.registry, body.adapter, force=body.force, reason=body.reason
     )
-    return await _switch(runtime, state)
+    return await _switch(runtime)
 
 
 @router.post("/rollback")
 async def admin_rollback(runtime: Runtime, body: ReasonBody | None = None) -> dict:
     reason = body.reason if body is not None else "manual"
-    state = await asyncio.to_thread(promotion.rollback, runtime.store, runtime.registry, reason=reason)
-    return await _switch(runtime, state)
+    await asyncio.to_thread(promotion.rollback, runtime.store, runtime.registry, reason=reason)
+    return await _switch(runtime)
 
 
 @router.post("/canary")
 async def admin_canary(runtime: Runtime, body: CanaryBody) -> dict:
     await _checked(runtime, body)
-    state = await asyncio.to_thread(
+    await asyncio.to_thread(
         promotion.start_canary, runtime.store, runtime.registry, body.adapter, body.fraction, force=body.force
     )
-    return await _switch(runtime, state)
+    return await _switch(runtime)
 
 
 @router.post("/canary/abort")
 async def admin_canary_abort(runtime: Runtime, body: ReasonBody) -> dict:
-    state = await asyncio.to_thread(promotion.abort_canary, runtime.store, runtime.registry, reason=body.reason)
-    return await _switch(runtime, state)
+    await asyncio.to_thread(promotion.abort_canary, runtime.store, runtime.registry, reason=body.reason)
+    return await _switch(runtime)
