@@ -3,14 +3,15 @@
     python benchmarks/bench_swap.py                    # 8 streaming clients, 3 rounds
     python benchmarks/bench_swap.py --clients 16 --rounds 5
 
-A real ratchet server (hf engine, demo model, Ray Serve) with freshly registered LoRA adapters; `--clients`
-threads stream chat completions of `current` without pause through the official `openai` SDK. After a
-steady-state window, each round makes three changes through the admin API, a few seconds apart:
+A real ratchet server (hf engine, demo model, Ray Serve, `--replicas` of it) with freshly registered LoRA
+adapters; `--clients` threads stream chat completions of `current` without pause through the official
+`openai` SDK. An adapter is current from the start, so the steady window and the changes both run LoRA
+adapters. After the steady window, each round makes three changes through the admin API, seconds apart:
 - cold: `POST /admin/promote` of an adapter this replica never loaded (load, sha256, smoke generation);
 - canary: `POST /admin/canary` of a second new adapter at half the traffic (it is loaded and checked here);
 - warm: `POST /admin/promote` of that canary's adapter, already loaded and checked.
 Measured, side by side in this one run:
-- the promote call's own time, warm and cold;
+- the promote call's own time, warm and cold, and within it how long the replicas took to follow;
 - follow: from the call's return to the first token of the new adapter in a request that started after it;
 - stale: requests that started after a promote call returned but were answered by another adapter (the
   goal is none: a request resolves its adapter when it starts);
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steady-seconds", type=float, default=10.0)
+    parser.add_argument("--replicas", type=int, default=1)
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import httpx
@@ -104,11 +106,13 @@ def main() -> None:
             base_model=str(model_dir),
             port=free_port(),
             access_log=False,
-            torch_threads=2,
             keep_adapters=100,
+            replicas=args.replicas,
+            replica_cpus=1.0 / args.replicas,
+            torch_threads=max(1, 2 // args.replicas),
         )
         init_workspace(settings, progress=False)
-        names = [register_random_adapter(settings, seed) for seed in range(1, 2 * args.rounds + 1)]
+        first, *names = [register_random_adapter(settings, seed) for seed in range(2 * args.rounds + 1)]
         url = start(settings)
         admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {read_admin_key(settings)}"}, timeout=120)
         log: list = []
@@ -122,13 +126,22 @@ def main() -> None:
             reply = admin.post(path, json={**body, "force": True})
             returned = time.monotonic()
             reply.raise_for_status()
+            follow = reply.json()["replicas"]
             changes.append(
-                {"kind": kind, "to": body["adapter"], "call_s": round(returned - began, 3), "returned": returned}
+                {
+                    "kind": kind,
+                    "to": body["adapter"],
+                    "call_s": round(returned - began, 3),
+                    "replicas_follow_s": follow["seconds"],
+                    "lagging": follow["lagging"],
+                    "returned": returned,
+                }
             )
             changes[-1]["window"] = (began, began + SWAP_WINDOW_S)
             time.sleep(SWAP_WINDOW_S)
 
         try:
+            admin.post("/admin/promote", json={"adapter": first, "force": True}).raise_for_status()
             time.sleep(2)  # warm up
             steady_from = time.monotonic()
             time.sleep(args.steady_seconds)
@@ -152,6 +165,7 @@ def main() -> None:
     changes = [judge(c, log) for c in changes]
     result = {
         "clients": args.clients,
+        "replicas": args.replicas,
         "requests": len(log),
         "failed": len(failures),
         "steady": {
@@ -167,7 +181,7 @@ def main() -> None:
         "changes": changes,
     }
     (OUT / "swap.json").write_text(json.dumps(result, indent=2))
-    print(f"{len(log)} streamed requests from {args.clients} clients, {len(failures)} failed")
+    print(f"{len(log)} streamed requests from {args.clients} clients, {args.replicas} replicas, {len(failures)} failed")
     print(
         f"latency p50/p99 steady {result['steady']['p50_s']}/{result['steady']['p99_s']} s, "
         f"during changes {result['during_swaps']['p50_s']}/{result['during_swaps']['p99_s']} s "
@@ -175,7 +189,8 @@ def main() -> None:
     )
     for c in changes:
         tail = "" if c["kind"] == "canary" else f", first token by it {c['follow_s']} s later, {c['stale']} stale"
-        print(f"  {c['kind']:>6} -> {c['to']}: call {c['call_s']} s{tail}")
+        followed = f"replicas followed in {c['replicas_follow_s']} s"
+        print(f"  {c['kind']:>6} -> {c['to']}: call {c['call_s']} s ({followed}){tail}")
 
 
 def register_random_adapter(settings, seed: int) -> str:

@@ -3,9 +3,9 @@
 A replica (a Ray Serve actor, or a plain process in tests) builds one `ServingRuntime`, starts it, and
 installs it with `install()`; routes reach it through the `get_runtime` dependency. Routing state is
 data (`{"current": "ft-0003", "previous": …, "canary": {"adapter": …, "fraction": 0.1}}`) read from the
-store by `sync_state`, which loads every adapter it names BEFORE switching, so a swap is atomic: a request
-resolves its adapter once, at its start, and finishes on it. The replica that changes the state rings the
-fleet (serving/fleet.py) and every replica's follower re-reads the store at once.
+store by `sync_state`, which loads and checks every adapter it names BEFORE switching, so a swap is
+atomic: a request resolves its adapter once, at its start, and finishes on it. The replica that changes
+the state rings the fleet (serving/fleet.py) and every replica's follower re-reads the store at once.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class ServingRuntime:
 
     # -- routing -------------------------------------------------------------------------------
     async def apply_state(self, state: dict[str, Any]) -> None:
-        """Load every adapter `state` names, then switch to it in one assignment."""
+        """Load and check every adapter `state` names, then switch to it in one assignment."""
         async with self._state_lock:
             await self._switch_to(state)
 
@@ -129,10 +129,12 @@ class ServingRuntime:
             return wanted
 
     async def _switch_to(self, state: dict[str, Any]) -> None:
+        # Checked, not only loaded: the replica that handles the promotion of a canary, whichever it is,
+        # then finds the check done.
         names = [state.get("current"), state.get("previous"), (state.get("canary") or {}).get("adapter")]
         for name in names:
             if name and name != "base":
-                await self.ensure_adapter(name)
+                await self.check_servable(name)
         self.state = {"current": state.get("current"), "previous": state.get("previous"), "canary": state.get("canary")}
 
     async def _follow_store_state(self) -> None:
