@@ -18,7 +18,9 @@ Systems: `naive` (a loop of single-request `generate` in this process, 1/16 of t
 replica's process), `hf-served-one-loop` (the replica's handlers on Ray Serve's own event loop rather than
 the second loop in a thread that is Serve's default), `vllm-served` (ratchet, vLLM engine), `vllm-server`
 (vLLM's own OpenAI server),
-`vllm-server-lora` (the same with LoRA enabled as ratchet's vLLM engine has it: 8 adapters of rank <= 64).
+`vllm-server-lora` (the same with LoRA enabled as ratchet's vLLM engine has it: 8 adapters of rank <= 64),
+`hf-served-baseline` (`hf-served` from another checkout, `--baseline-tree`: e.g. `git worktree add
+/tmp/base HEAD~1`, to measure a change against the code before it).
 Each ratchet server is a `ratchet serve` process with its own local Ray; idle servers cost the others a little
 CPU (Ray's own loops), the same in every round. Writes benchmarks/out/serving_pairs.json.
 """
@@ -59,8 +61,9 @@ RATCHET = {
 
 
 @contextmanager
-def ratchet_running(model_dir: Path, env: dict[str, str]) -> Iterator[str]:
-    """`ratchet serve` in a fresh workspace on `model_dir`, with the settings in `env`; yields its URL."""
+def ratchet_running(model_dir: Path, env: dict[str, str], tree: Path | None = None) -> Iterator[str]:
+    """`ratchet serve` in a fresh workspace on `model_dir`, with the settings in `env`; yields its URL.
+    With `tree` (another checkout of ratchet), that checkout's code serves instead of this one's."""
     with tempfile.TemporaryDirectory() as home:
         port = free_port()
         settings = {
@@ -72,9 +75,11 @@ def ratchet_running(model_dir: Path, env: dict[str, str]) -> Iterator[str]:
             "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
         }
         log = (OUT / f"ratchet-{port}.log").open("w")
+        code = {"PYTHONPATH": str(tree)} if tree else {}
         process = subprocess.Popen(
             [sys.executable, "-c", "from ratchet.cli import main; main()", "serve"],
-            env={**os.environ, **settings, **env},
+            env={**os.environ, **settings, **env, **code},
+            cwd=tree,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -96,6 +101,8 @@ def start(system: str, model_dir: Path, stack: ExitStack, args: argparse.Namespa
         return lambda: run_naive(model_dir, max(4, args.requests // 16), args.tokens)["tokens_per_s"]
     if system in ("vllm-server", "vllm-server-lora"):
         url = stack.enter_context(vllm_server_running(model_dir, lora=system.endswith("-lora")))
+    elif system == "hf-served-baseline":
+        url = stack.enter_context(ratchet_running(model_dir, RATCHET["hf-served"], args.baseline_tree))
     else:
         url = stack.enter_context(ratchet_running(model_dir, RATCHET[system]))
 
@@ -170,14 +177,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=128)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--baseline-tree", type=Path, help="a checkout of ratchet for hf-served-baseline")
     parser.add_argument("--stream", action="store_true", help="SSE streams (each token its own event), not JSON")
     parser.add_argument("--logprobs", type=int, default=None, help="ask for logprobs with this many top tokens")
     args = parser.parse_args()
     systems = args.systems.split(",")
-    known = ["naive", *RATCHET, "vllm-server", "vllm-server-lora"]
+    known = ["naive", *RATCHET, "hf-served-baseline", "vllm-server", "vllm-server-lora"]
     unknown = [s for s in systems if s not in known]
     if unknown:
         parser.error(f"unknown systems {unknown}; choose from {known}")
+    if "hf-served-baseline" in systems and not (args.baseline_tree and (args.baseline_tree / "ratchet").is_dir()):
+        parser.error("hf-served-baseline needs --baseline-tree, a checkout of ratchet")
     if not vllm_installed():
         systems = [s for s in systems if not s.startswith("vllm")]
     models = benchmark_models(args.models.split(","))
@@ -189,7 +199,7 @@ def main() -> None:
             results[model] = summary(rounds(measure, args.rounds))
     report(results)
     (OUT / "serving_pairs.json").write_text(
-        json.dumps({"benchmark": "bench_serving_pairs", "args": vars(args), "results": results}, indent=2)
+        json.dumps({"benchmark": "bench_serving_pairs", "args": vars(args), "results": results}, indent=2, default=str)
     )
 
 

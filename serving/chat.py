@@ -26,6 +26,7 @@ from serving.errors import APIError, as_response
 from serving.protocol import (
     AssistantMessage,
     ChatCompletion,
+    ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
     ChoiceLogprobs,
@@ -36,7 +37,6 @@ from serving.protocol import (
     Usage,
 )
 from serving.runtime import Route, ServingRuntime, get_runtime
-from serving.sse import ChunkRenderer
 
 router = APIRouter()
 
@@ -271,38 +271,33 @@ async def _complete(call: Call, runtime: ServingRuntime) -> ChatCompletion:
 
 
 async def _stream(call: Call, runtime: ServingRuntime) -> AsyncIterator[str]:
-    """The SSE body. Whatever the choices produced while this waited goes out as one write."""
     queue: asyncio.Queue = asyncio.Queue()
     include_usage = bool(call.body.stream_options and call.body.stream_options.include_usage)
-    chunk = ChunkRenderer(call.id, call.created, call.route.answered)
+
+    def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
+        body = ChatCompletionChunk(
+            id=call.id, created=call.created, model=call.route.answered, choices=choices, usage=usage
+        )
+        return f"data: {body.model_dump_json(exclude={'usage'} if usage is None else None)}\n\n"
+
     tasks: list[asyncio.Task] = []
     try:
         tasks = [asyncio.create_task(_run_choice(call, runtime, r, i, queue)) for i, r in enumerate(call.requests())]
-        roles = [ChunkChoice(index=i, delta=Delta(role="assistant", content="")) for i in range(call.body.n)]
-        yield "".join(chunk([role]) for role in roles)
+        for i in range(call.body.n):
+            yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content=""))])
         running = len(tasks)
         while running:
-            lines: list[str] = []
-            items = [await queue.get()]
-            while not queue.empty():
-                items.append(queue.get_nowait())
-            for index, text, finish, entries in items:
-                if text is None:  # a choice's task ended; `finish` holds its error, if any
-                    running -= 1
-                    if isinstance(finish, BaseException):
-                        if lines:
-                            yield "".join(lines)
-                        raise finish
-                    continue
-                if entries:
-                    logprobs = ChoiceLogprobs(content=entries)
-                    lines.append(chunk([ChunkChoice(index=index, delta=Delta(content=text), logprobs=logprobs)]))
-                elif text:
-                    lines.append(chunk.content(index, text))
-                if finish:
-                    lines.append(chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=finish)]))
-            if lines:
-                yield "".join(lines)
+            index, text, finish, entries = await queue.get()
+            if text is None:  # a choice's task ended; `finish` holds its error, if any
+                running -= 1
+                if isinstance(finish, BaseException):
+                    raise finish
+                continue
+            if text or entries:
+                logprobs = None if entries is None else ChoiceLogprobs(content=entries)
+                yield chunk([ChunkChoice(index=index, delta=Delta(content=text), logprobs=logprobs)])
+            if finish:
+                yield chunk([ChunkChoice(index=index, delta=Delta(), finish_reason=finish)])
         if include_usage:
             yield chunk([], usage=call.usage())
         yield "data: [DONE]\n\n"
