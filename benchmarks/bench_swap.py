@@ -135,9 +135,9 @@ def main() -> None:
                     "replicas_follow_s": follow["seconds"],
                     "lagging": follow["lagging"],
                     "returned": returned,
+                    "window": (began, began + SWAP_WINDOW_S),
                 }
             )
-            changes[-1]["window"] = (began, began + SWAP_WINDOW_S)
             time.sleep(SWAP_WINDOW_S)
 
         try:

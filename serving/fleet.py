@@ -87,25 +87,28 @@ class Bell:
 
 
 class LocalFleet:
-    """One process, one replica: the bell lives here."""
+    """One process, one replica: the bell lives here. `RayFleet` is the same over a shared actor."""
 
     def __init__(self, replica: str = "local") -> None:
         self.replica = replica
         self._bell = Bell()
 
+    async def _call(self, method: str, *args: Any) -> Any:
+        return await getattr(self._bell, method)(*args)
+
     async def wait(self, seen: int, timeout: float) -> int:
-        return await self._bell.wait(self.replica, seen, timeout)
+        return await self._call("wait", self.replica, seen, timeout)
 
     async def applied(self, generation: int) -> None:
-        await self._bell.applied(self.replica, generation)
+        await self._call("applied", self.replica, generation)
 
     async def broadcast(self, timeout: float) -> dict[str, Any]:
-        generation = await self._bell.ring()
-        await self._bell.applied(self.replica, generation)  # the ringer serves the new state already
-        return await self._bell.wait_applied(generation, timeout)
+        generation = await self._call("ring")
+        await self._call("applied", self.replica, generation)  # the ringer serves the new state already
+        return await self._call("wait_applied", generation, timeout)
 
     async def leave(self) -> None:
-        await self._bell.leave(self.replica)
+        await self._call("leave", self.replica)
 
 
 class RayFleet(LocalFleet):
@@ -140,17 +143,3 @@ class RayFleet(LocalFleet):
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
-
-    async def wait(self, seen: int, timeout: float) -> int:
-        return await self._call("wait", self.replica, seen, timeout)
-
-    async def applied(self, generation: int) -> None:
-        await self._call("applied", self.replica, generation)
-
-    async def broadcast(self, timeout: float) -> dict[str, Any]:
-        generation = await self._call("ring")
-        await self._call("applied", self.replica, generation)
-        return await self._call("wait_applied", generation, timeout)
-
-    async def leave(self) -> None:
-        await self._call("leave", self.replica)
