@@ -2,10 +2,12 @@
 
 `FeedbackStore.rate()` (one rating, its own commit) and the group committer (many concurrent ratings, one
 commit) share `rate_many`, so both follow the same rules and answer the same way. For N ratings it runs
-one lookup of their completions and one multi-row upsert (more only when the same user rates the same
-choice twice in a group: each repeat goes in a later statement, so it replaces the first as it would have
-one request later). Few statements matter: the serving process's threads share one interpreter lock, and
-every statement hands it over twice.
+one lookup of their completions and one multi-row upsert on SQLite, and on Postgres one statement that does
+both (more only when the same user rates the same choice twice in a group: each repeat goes in a later
+statement, so it replaces the first as it would have one request later; and one more lookup when some
+rating names an unknown completion or choice, to say which). Few statements matter: the serving process's
+threads share one interpreter lock, and every statement hands it over twice; on Postgres each is also a
+round trip to a server process that must be scheduled on the same busy cores.
 
 Bad input is refused per rating, before anything of it is written: the outcome in its place is the
 exception (`InvalidFeedback`, `UnknownCompletion`), and its neighbours are written.
@@ -47,11 +49,18 @@ def _quoted(names) -> str:
 _REPLACE = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in RATING_REPLACED)
 # On Postgres a group's rows go as one array per column: one short statement whatever the group's size, which
 # the driver prepares once (a multi-row VALUES list is a new, long statement for every size, parsed each time).
-_POSTGRES_UPSERT = text(
-    f"INSERT INTO ratings ({_quoted(_COLUMNS)}) "
-    f"SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t})' for c, t in _COLUMNS.items())}) "
+# The same statement joins the completions, so a rating of an unknown completion or choice is not written
+# (the caller asks why afterwards), and returns the adapter that answered each rated completion.
+_POSTGRES_RATE = text(
+    f"WITH given AS (SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t})' for c, t in _COLUMNS.items())}) "
+    f"AS g({_quoted(_COLUMNS)})), "
+    f"written AS (INSERT INTO ratings ({_quoted(_COLUMNS)}) "
+    f"SELECT {', '.join(f'g.{name}' for name in _quoted(_COLUMNS).split(', '))} FROM given g "
+    "JOIN completions c ON c.id = g.completion_id "
+    "WHERE g.choice_index >= 0 AND g.choice_index < json_array_length(c.choices) "
     f"ON CONFLICT ({_quoted(RATING_KEY)}) DO UPDATE SET {_REPLACE} "
-    f"RETURNING {_quoted(_COLUMNS)}"
+    f"RETURNING {_quoted(_COLUMNS)}) "
+    "SELECT w.*, c.adapter FROM written w JOIN completions c ON c.id = w.completion_id"
 )
 
 
@@ -86,31 +95,19 @@ Outcome = tuple[Row, bool, str] | Exception  # (the stored row's columns, create
 def rate_many(connection: Connection, upsert: Any, judgements: Sequence[Judgement]) -> list[Outcome]:
     """Write `judgements` in the caller's transaction (not committed here); one outcome per judgement."""
     outcomes: list[Outcome | None] = [None] * len(judgements)
-    checked: list[tuple[int, Judgement, str]] = []
-    for position, judgement in enumerate(judgements):
-        try:
-            checked.append((position, judgement, _check(judgement)))
-        except InvalidFeedback as error:
-            outcomes[position] = error
-    found = _choices_and_adapters(connection, {j.completion_id for _, j, _ in checked})
-    waves: list[list[tuple[int, dict[str, Any], str]]] = []  # each wave: rows with distinct keys
+    waves: list[list[tuple[int, dict[str, Any]]]] = []  # each wave: rows with distinct keys
     seen: dict[tuple[str, int, str], int] = {}  # key -> how many waves hold it already
     stamp = now()
-    for position, judgement, user in checked:
-        cid, index = judgement.completion_id, judgement.choice_index
-        if cid not in found:
-            outcomes[position] = UnknownCompletion(cid)
-            continue
-        choices, adapter = found[cid]
-        if not 0 <= index < len(choices):
-            outcomes[position] = InvalidFeedback(
-                f"choice_index {index} is out of range: completion {cid} has {len(choices)} choice(s), indexed from 0"
-            )
+    for position, judgement in enumerate(judgements):
+        try:
+            user = _check(judgement)
+        except InvalidFeedback as error:
+            outcomes[position] = error
             continue
         values = {
             "id": new_id("fb"),
-            "completion_id": cid,
-            "choice_index": index,
+            "completion_id": judgement.completion_id,
+            "choice_index": judgement.choice_index,
             "user": user,
             "rating": judgement.rating,
             "score": judgement.score,
@@ -119,26 +116,74 @@ def rate_many(connection: Connection, upsert: Any, judgements: Sequence[Judgemen
             "created": stamp,
             "updated": stamp,
         }
-        wave = seen.get((cid, index, user), 0)
-        seen[(cid, index, user)] = wave + 1
+        wave = seen.get(_key(values), 0)
+        seen[_key(values)] = wave + 1
         if wave == len(waves):
             waves.append([])
-        waves[wave].append((position, values, adapter))
+        waves[wave].append((position, values))
     for wave in waves:
-        # One statement for the wave; its rows come back in no set order, and a key is unique in a wave.
-        rows = _upsert(connection, upsert, [values for _, values, _ in wave])
-        by_key = {(row.completion_id, row.choice_index, row.user): row for row in rows}
-        for position, values, adapter in wave:
-            row = by_key[(values["completion_id"], values["choice_index"], values["user"])]
-            # The id is only ours when our INSERT won; on conflict the stored row keeps its own id.
-            outcomes[position] = (row, row.id == values["id"], adapter)
+        rows = [values for _, values in wave]
+        if connection.dialect.name == "postgresql":
+            written = _write_postgres(connection, rows)
+        else:
+            written = _write_sqlite(connection, upsert, rows)
+        refused = [(position, values) for position, values in wave if _key(values) not in written]
+        for position, values in wave:
+            if _key(values) in written:
+                row, adapter = written[_key(values)]
+                # The id is only ours when our INSERT won; on conflict the stored row keeps its own id.
+                outcomes[position] = (row, row.id == values["id"], adapter)
+        for position, error in _why_refused(connection, refused):
+            outcomes[position] = error
     return outcomes  # type: ignore[return-value]  (every position is filled above)
 
 
-def _upsert(connection: Connection, upsert: Any, rows: list[dict[str, Any]]) -> list[Row]:
-    if connection.dialect.name == "postgresql":
-        return connection.execute(_POSTGRES_UPSERT, {c: [row[c] for row in rows] for c in _COLUMNS}).all()
-    return connection.execute(upsert, rows).all()  # SQLite: one multi-row INSERT (insertmanyvalues)
+Written = dict[tuple[str, int, str], tuple[Row, str]]  # a written rating's key -> (its stored row, the adapter)
+
+
+def _key(values: dict[str, Any]) -> tuple[str, int, str]:
+    return values["completion_id"], values["choice_index"], values["user"]
+
+
+def _write_sqlite(connection: Connection, upsert: Any, rows: list[dict[str, Any]]) -> Written:
+    """The rows whose completion and choice exist, in one multi-row INSERT (insertmanyvalues)."""
+    found = _choices_and_adapters(connection, {row["completion_id"] for row in rows})
+    valid = [row for row in rows if row["completion_id"] in found and _in_range(row, found)]
+    # One statement for the wave; its rows come back in no set order, and a key is unique in a wave.
+    stored = connection.execute(upsert, valid).all() if valid else []
+    return {_key(row._mapping): (row, found[row.completion_id][1]) for row in stored}
+
+
+def _write_postgres(connection: Connection, rows: list[dict[str, Any]]) -> Written:
+    """The rows whose completion and choice exist, looked up and upserted in ONE statement (a round trip
+    to the server each statement saves, which is what a group's time goes to when the cores are busy)."""
+    stored = connection.execute(_POSTGRES_RATE, {c: [row[c] for row in rows] for c in _COLUMNS}).all()
+    return {_key(row._mapping): (row, row.adapter) for row in stored}
+
+
+def _in_range(row: dict[str, Any], found: dict[str, tuple[list, str]]) -> bool:
+    return 0 <= row["choice_index"] < len(found[row["completion_id"]][0])
+
+
+def _why_refused(connection: Connection, refused: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, Exception]]:
+    """The error of each row the write left out: its completion is unknown or its choice out of range."""
+    found = _choices_and_adapters(connection, {values["completion_id"] for _, values in refused}) if refused else {}
+    errors: list[tuple[int, Exception]] = []
+    for position, values in refused:
+        cid, index = values["completion_id"], values["choice_index"]
+        if cid not in found:
+            errors.append((position, UnknownCompletion(cid)))
+        else:
+            count = len(found[cid][0])
+            errors.append(
+                (
+                    position,
+                    InvalidFeedback(
+                        f"choice_index {index} is out of range: completion {cid} has {count} choice(s), indexed from 0"
+                    ),
+                )
+            )
+    return errors
 
 
 def _choices_and_adapters(connection: Connection, ids: set[str]) -> dict[str, tuple[list, str]]:
@@ -150,6 +195,11 @@ def _choices_and_adapters(connection: Connection, ids: set[str]) -> dict[str, tu
         for cid, choices, adapter in connection.execute(query.where(table.c.id.in_(ordered[start : start + _CHUNK]))):
             found[cid] = (choices, adapter)
     return found
+
+
+def rating_columns(row: Row) -> dict[str, Any]:
+    """A written row's rating columns (a Postgres write's row also names the adapter)."""
+    return {name: value for name, value in row._mapping.items() if name != "adapter"}
 
 
 # -- the rules ------------------------------------------------------------------------------------

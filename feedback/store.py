@@ -40,6 +40,7 @@ from feedback.ratings import (
     UnknownCompletion,
     check_user,
     rate_many,
+    rating_columns,
 )
 
 __all__ = ["FeedbackStore", "InvalidFeedback", "Judgement", "UnknownApiKey", "UnknownCompletion"]
@@ -152,7 +153,7 @@ class FeedbackStore:
             if isinstance(outcome, Exception):
                 raise outcome
         row, created, _adapter = outcome
-        return Rating(**row._mapping), created
+        return Rating(**rating_columns(row)), created
 
     def rate_many(self, session: Session, judgements: Sequence[Judgement]) -> list[Outcome]:
         """Many ratings in the caller's transaction, which the caller commits (feedback/ratings.py): one

@@ -108,6 +108,25 @@ def test_a_bad_judgement_fails_alone_and_its_group_commits(store, committer) -> 
     assert (stored(store, Rating), stored(store, Comparison)) == (1, 1)
 
 
+def test_each_rating_of_a_group_names_its_own_adapter_and_refusals_say_why(store, committer) -> None:
+    a, b = stored_completion(adapter="ad-a"), stored_completion(adapter="ad-b")
+    store.record_completions([a, b])
+    release = hold(committer)
+    first, second = committer.rate(rate(a.id, "u")), committer.rate(rate(b.id, "u"))
+    again = committer.rate(rate(a.id, "u", rating=-1))  # the same key: a later statement of the same group
+    negative = committer.rate(Judgement(b.id, -1, rating=1, user="v"))
+    unknown = committer.rate(rate("chatcmpl-never-served", "v"))
+    release.set()
+    assert (first.result(10)[2], second.result(10)[2], again.result(10)[2]) == ("ad-a", "ad-b", "ad-a")
+    assert again.result(10)[0].id == first.result(10)[0].id and again.result(10)[1] is False
+    with pytest.raises(InvalidFeedback, match=r"choice_index -1 is out of range: completion .* has 1 choice"):
+        negative.result(10)
+    with pytest.raises(UnknownCompletion, match="chatcmpl-never-served"):
+        unknown.result(10)
+    assert committer.commits == 2  # the holder's and the group's
+    assert stored(store, Rating) == 2
+
+
 def test_a_database_error_in_a_group_rolls_it_back_and_each_is_written_alone(store, committer) -> None:
     good = [stored_completion(adapter="ad-7") for _ in range(4)]
     store.record_completions(good)
