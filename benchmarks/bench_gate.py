@@ -1,6 +1,6 @@
 """How often the gate is wrong: planted worse, equal and better candidates against a fixed `current`.
 
-    python benchmarks/bench_gate.py                      # 20 trials a kind, 2 trained adapters a kind
+    python benchmarks/bench_gate.py                      # 20 trials a kind, each its own adapter
     python benchmarks/bench_gate.py --trials 40 --adapters 4 --noise 0.1
 
 One workspace on the demo model, one server (hf engine, Ray Serve). Simulated users (eval/simulated_users.py,
@@ -151,7 +151,7 @@ def rate_line(verdicts: list[bool]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=20, help="trials per kind (worse, equal, better)")
-    parser.add_argument("--adapters", type=int, default=2, help="trained adapters per kind (trials cycle them)")
+    parser.add_argument("--adapters", type=int, default=20, help="trained adapters per kind (trials cycle them)")
     parser.add_argument("--noise", type=float, default=0.0, help="share of the canary's live thumbs flipped")
     parser.add_argument("--model", type=Path, help="a built demo model dir (default: build one, 600 steps)")
     args = parser.parse_args()
@@ -201,7 +201,8 @@ def main() -> None:
                 heldout_prompts(store),
             )
             gate = PromotionGate(gate_policy(settings))
-            liked = {name: answer_pool(client, users, name, 7) for name in [current, *sum(pools.values(), [])]}
+            liked = {name: answer_pool(client, users, name, 7) for name in [current, *pools["worse"], *pools["better"]]}
+            liked |= {name: liked[current] for name in pools["equal"]}  # the same files answer the same
             trials: list[dict[str, Any]] = []
             for kind in KINDS:
                 for t in range(args.trials):
@@ -228,6 +229,8 @@ def main() -> None:
                             "gate": decision.verdict,
                             "reasons": decision.reasons,
                             "win_rate": evaluation.metrics["win_rate"],
+                            "quality": evaluation.metrics["quality"],
+                            "regression": evaluation.metrics["regression"],
                             "canary": canary,
                         }
                     )

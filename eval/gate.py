@@ -10,10 +10,12 @@ number does not wave the candidate through.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats
 
 
 class GatePolicy(BaseModel):
@@ -28,8 +30,22 @@ class GatePolicy(BaseModel):
     max_regressions: int = Field(
         0, ge=0, description="Regression cases the baseline passes and the candidate fails that are tolerated."
     )
+    regression_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Newly failing cases tolerated as a share of the suite, on top of max_regressions (rounded "
+        "down: a suite of fewer than 1/share cases tolerates none).",
+    )
     quality_tolerance: float = Field(
         0.05, ge=0, le=1, description="How far the share of well-formed answers may fall below the baseline's."
+    )
+    quality_alpha: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="A fall past the tolerance fails only when the paired sign test over the answers that only "
+        "one model got right finds it this significant (1 = every fall past the tolerance fails).",
     )
     loss_tolerance: float = Field(
         0.10, ge=0, description="How much the held-out loss may rise (relative: 0.10 = 10 %) over the start."
@@ -70,31 +86,44 @@ class PromotionGate:
             f"win-rate {estimate:.0%} over n={n} pairs, 95 % CI lower bound {low:.2f} {relation} "
             f"{self.policy.min_win_rate_low:.2f}"
         )
-        return _check("win_rate", ok, detail)
+        return _check("win_rate", ok, detail, n=n, estimate=estimate, low=low, threshold=self.policy.min_win_rate_low)
 
     def _regressions(self, metrics: dict[str, Any]) -> dict[str, Any]:
         suite = metrics.get("regression")
         if suite is None:
             return _check("regression", False, "the regression suite did not run")
-        failed = suite.get("regressions", [])
-        ok = len(failed) <= self.policy.max_regressions
+        failed, cases = suite.get("regressions", []), int(suite["cases"])
+        allowed = self.policy.max_regressions + math.floor(self.policy.regression_share * cases + 1e-9)
+        ok = len(failed) <= allowed
         detail = (
-            f"regression suite: {suite['candidate_passed']}/{suite['cases']} passed (baseline "
-            f"{suite['baseline_passed']}), {len(failed)} newly failing (at most {self.policy.max_regressions})"
+            f"regression suite: {suite['candidate_passed']}/{cases} passed (baseline "
+            f"{suite['baseline_passed']}), {len(failed)} newly failing, {len(suite.get('fixed', []))} newly "
+            f"passing (at most {allowed} may newly fail)"
         )
-        return _check("regression", ok, detail)
+        return _check("regression", ok, detail, newly_failing=len(failed), allowed=allowed, cases=cases)
 
     def _quality(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The well-formed share may fall by the tolerance; a larger fall fails unless it could be chance.
+
+        The answers are paired (both models answer each prompt with the same seed), so chance is judged on
+        the pairs where only one of the two was well-formed: a one-sided sign test (scipy's binomtest)."""
         quality = metrics.get("quality")
         if not quality or not quality.get("n"):
             return _check("quality", False, "answer quality was not measured (no checkable prompts)")
         candidate, baseline = float(quality["candidate"]), float(quality["baseline"])
-        ok = candidate >= baseline - self.policy.quality_tolerance
+        worse, better = quality.get("worse_pairs"), quality.get("better_pairs")
+        tolerance, alpha = self.policy.quality_tolerance, self.policy.quality_alpha
+        p_value = 0.0 if worse is None else paired_worse_p(int(worse), int(better))
+        ok = candidate >= baseline - tolerance or p_value >= alpha
         detail = (
-            f"well-formed answers {candidate:.0%} vs baseline {baseline:.0%} "
-            f"(may fall {self.policy.quality_tolerance:.0%} at most), n={quality['n']}"
+            f"well-formed answers {candidate:.0%} vs baseline {baseline:.0%} (may fall {tolerance:.0%}, or "
+            f"more unless significant at {alpha}), n={quality['n']}"
         )
-        return _check("quality", ok, detail)
+        if worse is not None:
+            detail += (
+                f"; only the baseline's well-formed in {worse} pairs, only the candidate's in {better}, p={p_value:.3f}"
+            )
+        return _check("quality", ok, detail, p_value=round(p_value, 4), tolerance=tolerance, alpha=alpha)
 
     def _loss(self, metrics: dict[str, Any]) -> dict[str, Any]:
         loss = metrics.get("heldout_loss") or {}
@@ -104,8 +133,16 @@ class PromotionGate:
             return _check("heldout_loss", True, "no held-out loss (the training set held no rows out)")
         limit = before * (1 + self.policy.loss_tolerance)
         ok = after <= limit
-        return _check("heldout_loss", ok, f"held-out loss {before:.3f} -> {after:.3f} (limit {limit:.3f})")
+        detail = f"held-out loss {before:.3f} -> {after:.3f} (limit {limit:.3f})"
+        return _check("heldout_loss", ok, detail, before=before, after=after, limit=limit)
 
 
-def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
-    return {"name": name, "passed": passed, "detail": detail}
+def paired_worse_p(worse: int, better: int) -> float:
+    """One-sided p-value that pairs favouring the baseline outnumber those favouring the candidate by chance."""
+    if worse + better == 0:
+        return 1.0
+    return float(stats.binomtest(worse, worse + better, 0.5, alternative="greater").pvalue)
+
+
+def _check(name: str, passed: bool, detail: str, **numbers: Any) -> dict[str, Any]:
+    return {"name": name, "passed": passed, "detail": detail, "numbers": numbers}

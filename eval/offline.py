@@ -69,12 +69,13 @@ def evaluate(
         }
         passed = {model: [c.passes(a) for c, a in zip(suite, greedy[model], strict=True)] for model in models}
         pairs = zip(suite, passed[candidate], passed[baseline], strict=True)
-        regressions = [case.id for case, ok, ok_before in pairs if ok_before and not ok]
+        outcomes = [(case.id, ok, ok_before) for case, ok, ok_before in pairs]
         regression = {
             "cases": len(suite),
             "candidate_passed": sum(passed[candidate]),
             "baseline_passed": sum(passed[baseline]),
-            "regressions": regressions,
+            "regressions": [cid for cid, ok, ok_before in outcomes if ok_before and not ok],
+            "fixed": [cid for cid, ok, ok_before in outcomes if ok and not ok_before],
         }
         # 2) sampled answers for the win-rate and quality, on suite prompts and held-out prompts
         chosen = _pick_prompts(suite, prompts or [], max_prompts, seed)
@@ -95,6 +96,7 @@ def evaluate(
     wins = losses = ties = 0
     examples: list[dict[str, Any]] = []
     checked = {model: [0, 0] for model in models}  # passed, checked
+    discordant = {"worse": 0, "better": 0}  # pairs where only the baseline's / only the candidate's answer passed
     for i, (messages, case) in enumerate(chosen):
         prompt = _last_user(messages)
         for a, b in zip(sampled[candidate][i], sampled[baseline][i], strict=False):
@@ -103,9 +105,12 @@ def evaluate(
             if len(examples) < 6:
                 examples.append({"prompt": prompt, "candidate": a, "baseline": b, "verdict": verdict})
             if case is not None:
-                for model, answer in ((candidate, a), (baseline, b)):
-                    checked[model][0] += case.passes(answer)
+                a_ok, b_ok = case.passes(a), case.passes(b)
+                for model, ok in ((candidate, a_ok), (baseline, b_ok)):
+                    checked[model][0] += ok
                     checked[model][1] += 1
+                discordant["worse"] += b_ok and not a_ok
+                discordant["better"] += a_ok and not b_ok
     win = wilson(wins, wins + losses)
     n_checked = checked[candidate][1]
     metrics = {
@@ -115,6 +120,8 @@ def evaluate(
             "candidate": checked[candidate][0] / n_checked if n_checked else None,
             "baseline": checked[baseline][0] / n_checked if n_checked else None,
             "n": n_checked,
+            "worse_pairs": discordant["worse"],
+            "better_pairs": discordant["better"],
         },
         "heldout_loss": heldout_loss or {},
         "judge": judge.describe() if hasattr(judge, "describe") else {"judge": getattr(judge, "name", "?")},

@@ -37,7 +37,9 @@ def gate_policy(settings: Settings) -> GatePolicy:
         min_pairs=settings.gate_min_pairs,
         min_win_rate_low=settings.gate_min_win_rate_low,
         max_regressions=settings.gate_max_regressions,
+        regression_share=settings.gate_regression_share,
         quality_tolerance=settings.gate_quality_tolerance,
+        quality_alpha=settings.gate_quality_alpha,
         loss_tolerance=settings.gate_loss_tolerance,
     )
 

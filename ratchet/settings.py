@@ -148,8 +148,14 @@ class Settings(BaseSettings):
         0.5, ge=0, lt=1, description="Gate: the win-rate's 95 % lower bound must exceed this."
     )
     gate_max_regressions: int = Field(0, ge=0, description="Gate: newly failing regression cases tolerated.")
+    gate_regression_share: float = Field(
+        0.05, ge=0, le=1, description="Gate: newly failing cases tolerated as a share of the suite, on top."
+    )
     gate_quality_tolerance: float = Field(
         0.05, ge=0, le=1, description="Gate: how far the well-formed share may fall below the baseline's."
+    )
+    gate_quality_alpha: float = Field(
+        0.05, gt=0, le=1, description="Gate: a quality drop past the tolerance fails when this significant."
     )
     gate_loss_tolerance: float = Field(
         0.10, ge=0, description="Gate: relative rise of the held-out loss tolerated (0.10 = 10 %)."
