@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from eval.gate import GatePolicy, PromotionGate
+from eval.gate import GatePolicy, PromotionGate, paired_worse_p
 from eval.stats import compare_arms, wilson
 
 
@@ -76,3 +78,60 @@ def test_gate_policy_is_configurable():
     assert lenient.decide(metrics(wins=5, losses=0, regressions=["x"])).verdict == "promote"
     with pytest.raises(ValueError):
         GatePolicy(min_pairs=0)
+
+
+def suite_of(cases: int, newly_failing: int) -> dict:
+    return {
+        "cases": cases,
+        "candidate_passed": cases - newly_failing,
+        "baseline_passed": cases,
+        "regressions": [f"case-{i}" for i in range(newly_failing)],
+        "fixed": [],
+    }
+
+
+@pytest.mark.parametrize(
+    ("cases", "newly_failing", "verdict"),
+    [(60, 3, "promote"), (60, 4, "reject"), (19, 1, "reject"), (20, 1, "promote"), (10, 0, "promote")],
+)
+def test_regressions_are_tolerated_up_to_a_share_of_the_suite(cases, newly_failing, verdict):
+    decision = PromotionGate().decide({**metrics(), "regression": suite_of(cases, newly_failing)})
+    assert decision.verdict == verdict
+    (check,) = [c for c in decision.checks if c["name"] == "regression"]
+    assert check["numbers"] == {"newly_failing": newly_failing, "allowed": cases // 20, "cases": cases}
+
+
+def quality(candidate: float, worse: int | None, better: int | None) -> dict:
+    pairs = {} if worse is None else {"worse_pairs": worse, "better_pairs": better}
+    return {"candidate": candidate, "baseline": 0.93, "n": 78, **pairs}
+
+
+@pytest.mark.parametrize(
+    ("measured", "verdict"),
+    [
+        (quality(0.87, worse=7, better=2), "promote"),  # 6 points down, but 7 vs 2 pairs could be chance
+        (quality(0.80, worse=12, better=2), "reject"),  # 13 points down, and 12 vs 2 is not chance
+        (quality(0.00, worse=70, better=0), "reject"),  # garbled
+        (quality(0.90, worse=5, better=3), "promote"),  # within the tolerance: no test needed
+        (quality(0.87, worse=None, better=None), "reject"),  # no pairs recorded: the tolerance alone decides
+    ],
+)
+def test_a_quality_fall_past_the_tolerance_fails_only_when_significant(measured, verdict):
+    decision = PromotionGate().decide({**metrics(), "quality": measured})
+    assert decision.verdict == verdict
+    (check,) = [c for c in decision.checks if c["name"] == "quality"]
+    assert 0 <= check["numbers"]["p_value"] <= 1 and check["numbers"]["alpha"] == 0.05
+
+
+def test_paired_worse_p_is_the_exact_sign_test():
+    assert paired_worse_p(0, 0) == 1.0
+    assert paired_worse_p(5, 0) == pytest.approx(1 / 32)
+    assert paired_worse_p(7, 2) == pytest.approx(sum(math.comb(9, k) for k in range(7, 10)) / 2**9)
+    assert paired_worse_p(2, 7) > 0.9
+
+
+def test_every_check_records_the_numbers_it_decided_with():
+    decision = PromotionGate().decide(metrics())
+    numbers = {c["name"]: c["numbers"] for c in decision.checks}
+    assert numbers["win_rate"]["n"] == 35 and numbers["win_rate"]["threshold"] == 0.5
+    assert numbers["heldout_loss"] == {"before": 1.0, "after": 0.9, "limit": pytest.approx(1.1)}
