@@ -10,7 +10,9 @@ store, started in alternating rounds so that drift in the machine's load hits bo
 - single: `RATCHET_FEEDBACK_GROUP_COMMIT=1`, one transaction and one fsync per rating (the old route);
 - group:  the default, concurrent ratings share a transaction (feedback/group_commit.py).
 The spread between the rounds of one mode is the method's noise (an A/A comparison). Beside them, the
-store's own `rate()` in this process, one commit each, on the same kind of database. Writes
+store's own `rate()` in this process, one commit each, on the same kind of database. Each cell also reads
+every process's CPU time before and after (psutil) and prints the milliseconds of CPU per rating of the
+replica, the client, HAProxy, Postgres and Ray's other processes: what the 2 cores spend, and where. Writes
 benchmarks/out/feedback.json; nothing here asserts a speed.
 """
 
@@ -57,6 +59,41 @@ async def rate_all(url: str, ids: list[str], ratings: int, concurrency: int, tag
     return codes.get(201, 0) / seconds, codes
 
 
+def cpu_seconds() -> dict[tuple[str, int], float]:
+    """CPU seconds so far of every process on the machine, keyed by (its part in the benchmark, pid)."""
+    import psutil
+
+    seconds = {}
+    for process in psutil.process_iter(["name", "cmdline"]):
+        try:
+            times = process.cpu_times()
+            command, name = " ".join(process.info["cmdline"] or []), process.info["name"] or ""
+        except psutil.Error:
+            continue
+        if process.pid == os.getpid():
+            part = "client"
+        elif "ServeReplica" in command:
+            part = "replica"
+        elif "postgres" in name or command.startswith("postgres"):
+            part = "postgres"
+        elif "haproxy" in name:
+            part = "haproxy"
+        elif "ray" in command:
+            part = "ray, other"
+        else:
+            part = "other"
+        seconds[(part, process.pid)] = times.user + times.system
+    return seconds
+
+
+def cpu_per_rating(before: dict, after: dict, ratings: int) -> dict[str, float]:
+    """Milliseconds of CPU per acknowledged rating, per part, between two `cpu_seconds()` readings."""
+    parts: dict[str, float] = {}
+    for key, seconds in after.items():
+        parts[key[0]] = parts.get(key[0], 0.0) + seconds - before.get(key, 0.0)
+    return {part: round(1000 * seconds / max(ratings, 1), 3) for part, seconds in sorted(parts.items())}
+
+
 def measure_server(settings, levels: list[int], ratings: int, tag: str) -> dict[int, dict]:
     from openai import OpenAI
 
@@ -74,9 +111,11 @@ def measure_server(settings, levels: list[int], ratings: int, tag: str) -> dict[
         asyncio.run(rate_all(url, ids, 200, 8, f"{tag}-warm"))  # connections, caches, the first group
         cells = {}
         for concurrency in levels:
+            before = cpu_seconds()
             per_s, codes = asyncio.run(rate_all(url, ids, ratings, concurrency, f"{tag}-c{concurrency}"))
-            cells[concurrency] = {"per_s": round(per_s, 1), "codes": codes}
-            print(f"  {tag} c={concurrency}: {per_s:.0f} acknowledged ratings/s {codes}", flush=True)
+            cpu = cpu_per_rating(before, cpu_seconds(), codes.get(201, 0))
+            cells[concurrency] = {"per_s": round(per_s, 1), "codes": codes, "cpu_ms_per_rating": cpu}
+            print(f"  {tag} c={concurrency}: {per_s:.0f} acknowledged ratings/s {codes}; CPU ms each {cpu}", flush=True)
         return cells
     finally:
         stop(settings)
