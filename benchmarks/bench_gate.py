@@ -40,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_loop import loop_demo_model, place_demo_model  # noqa: E402
 from benchmarks.bench_serving import OUT, free_port  # noqa: E402
 
 KINDS = ("worse", "equal", "better")
@@ -169,15 +170,11 @@ def main() -> None:
     from feedback.registry import AdapterRegistry
     from feedback.store import FeedbackStore
     from ratchet.settings import Settings
-    from retrain.demo.build import build_demo_model, read_build_info
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    model = args.model or OUT / "models" / "demo-tiny-v1"
-    if read_build_info(model) is None:
-        build_demo_model(model, seed=0, steps=600, progress=True)
+    model = loop_demo_model(args.model)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ratchet-bench-gate-") as home:
-        shutil.copytree(model, Path(home) / "models" / "demo-tiny-v1")
+        place_demo_model(model, home)
         settings = Settings(home=Path(home), port=free_port(), access_log=False)
         init_workspace(settings, progress=False)
         url = start(settings)

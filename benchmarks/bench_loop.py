@@ -48,6 +48,22 @@ def gate_tally(store_url: str) -> dict[str, int]:
     return {"rejected": len(rejected), "judge_fooled": len(fooled)}
 
 
+def loop_demo_model(given: Path | None) -> Path:
+    """The demo model the loop's benchmarks serve: `given`, or one built once under benchmarks/out (600 steps)."""
+    from retrain.demo.build import build_demo_model, read_build_info
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    model = given or OUT / "models" / "demo-tiny-v1"
+    if read_build_info(model) is None:
+        build_demo_model(model, seed=0, steps=600, progress=True)
+    return model
+
+
+def place_demo_model(model: Path, home: str | Path) -> None:
+    """Copy the demo model into a fresh workspace, where `ratchet init` would have built it."""
+    shutil.copytree(model, Path(home) / "models" / "demo-tiny-v1")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0")
@@ -60,12 +76,8 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from deploy.demo import run_demo
     from ratchet.settings import Settings
-    from retrain.demo.build import build_demo_model, read_build_info
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    model = args.model or OUT / "models" / "demo-tiny-v1"
-    if read_build_info(model) is None:
-        build_demo_model(model, seed=0, steps=600, progress=True)
+    model = loop_demo_model(args.model)
     runs = []
     plan = [
         (seed, noise, method)
@@ -75,7 +87,7 @@ def main() -> None:
     ]
     for seed, noise, method in plan:
         with tempfile.TemporaryDirectory(prefix="ratchet-bench-loop-") as home:
-            shutil.copytree(model, Path(home) / "models" / "demo-tiny-v1")  # the demo model, in place
+            place_demo_model(model, home)
             settings = Settings(home=Path(home), port=free_port(), loop_method=method)
             result = run_demo(
                 settings, ratings=args.ratings, minutes=args.minutes, seed=seed, noise=noise, say=lambda *_: None

@@ -51,11 +51,12 @@ _REPLACE = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in RATING_REPLACED)
 # the driver prepares once (a multi-row VALUES list is a new, long statement for every size, parsed each time).
 # The same statement joins the completions, so a rating of an unknown completion or choice is not written
 # (the caller asks why afterwards), and returns the adapter that answered each rated completion.
+_GIVEN = ", ".join(f'g."{c}"' for c in _COLUMNS)
 _POSTGRES_RATE = text(
     f"WITH given AS (SELECT * FROM unnest({', '.join(f'CAST(:{c} AS {t})' for c, t in _COLUMNS.items())}) "
     f"AS g({_quoted(_COLUMNS)})), "
     f"written AS (INSERT INTO ratings ({_quoted(_COLUMNS)}) "
-    f"SELECT {', '.join(f'g.{name}' for name in _quoted(_COLUMNS).split(', '))} FROM given g "
+    f"SELECT {_GIVEN} FROM given g "
     "JOIN completions c ON c.id = g.completion_id "
     "WHERE g.choice_index >= 0 AND g.choice_index < json_array_length(c.choices) "
     f"ON CONFLICT ({_quoted(RATING_KEY)}) DO UPDATE SET {_REPLACE} "
@@ -127,12 +128,14 @@ def rate_many(connection: Connection, upsert: Any, judgements: Sequence[Judgemen
             written = _write_postgres(connection, rows)
         else:
             written = _write_sqlite(connection, upsert, rows)
-        refused = [(position, values) for position, values in wave if _key(values) not in written]
+        refused = []
         for position, values in wave:
-            if _key(values) in written:
-                row, adapter = written[_key(values)]
-                # The id is only ours when our INSERT won; on conflict the stored row keeps its own id.
-                outcomes[position] = (row, row.id == values["id"], adapter)
+            if (hit := written.get(_key(values))) is None:
+                refused.append((position, values))
+                continue
+            row, adapter = hit
+            # The id is only ours when our INSERT won; on conflict the stored row keeps its own id.
+            outcomes[position] = (row, row.id == values["id"], adapter)
         for position, error in _why_refused(connection, refused):
             outcomes[position] = error
     return outcomes  # type: ignore[return-value]  (every position is filled above)
@@ -173,16 +176,10 @@ def _why_refused(connection: Connection, refused: list[tuple[int, dict[str, Any]
         cid, index = values["completion_id"], values["choice_index"]
         if cid not in found:
             errors.append((position, UnknownCompletion(cid)))
-        else:
-            count = len(found[cid][0])
-            errors.append(
-                (
-                    position,
-                    InvalidFeedback(
-                        f"choice_index {index} is out of range: completion {cid} has {count} choice(s), indexed from 0"
-                    ),
-                )
-            )
+            continue
+        count = len(found[cid][0])
+        message = f"choice_index {index} is out of range: completion {cid} has {count} choice(s), indexed from 0"
+        errors.append((position, InvalidFeedback(message)))
     return errors
 
 
