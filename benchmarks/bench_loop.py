@@ -3,14 +3,18 @@
     python benchmarks/bench_loop.py                          # seed 0, without and with 10 % flipped ratings
     python benchmarks/bench_loop.py --seeds 0,1,2 --noise 0,0.1 --ratings 300
     python benchmarks/bench_loop.py --methods sft,rft --noise 0   # filtered SFT beside reinforcement (GRPO)
+    python benchmarks/bench_loop.py --methods sft,sft:agree,dpo,kto --noise 0.1,0.2   # noisy thumbs
 
 Each run is a whole `ratchet demo` (deploy/demo.py: server, loop, simulated users who prefer the demo's rare
 `tldr` style) in a fresh workspace sharing one demo model. Reported per run: the preference rate before and
 after (100 fresh answers to held-out prompts each), quality before and after, promotions, the ratings posted
 when the model serving `current` (no canary) first had 80 % of a batch liked, wall time, and the gate's
 rejections (how many the judge's win-rate passed: a candidate that learned the judge, not the users). `--methods`
-sets RATCHET_LOOP_METHOD per run (auto = filtered SFT on this data; rft = GRPO rewarded by the ratings judge). Writes
-benchmarks/out/loop.json. The script times itself; nothing here asserts a speed.
+sets RATCHET_LOOP_METHOD per run (auto = filtered SFT on this data; rft = GRPO rewarded by the ratings judge); a
+method with `:agree` also sets RATCHET_TRAIN_DROP_DISPUTED (thumbs the other ratings contradict are left out of
+training, feedback/agreement.py), one without sets it off. `--raters loose` rates the style marker only (garbled
+text carrying it is liked: reward hacking the gate must stop). Writes benchmarks/out/loop.json. The script
+times itself; nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -68,7 +72,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--noise", default="0,0.1", help="shares of ratings flipped, one run each")
-    parser.add_argument("--methods", default="auto", help="loop methods, one run each (auto, sft, dpo, kto, rft)")
+    parser.add_argument(
+        "--methods", default="auto", help="loop methods, one run each (auto, sft, dpo, kto, rft; NAME:agree filters)"
+    )
+    parser.add_argument(
+        "--raters", default="careful", help="careful (rate garbled text down), loose (judge the style marker only)"
+    )
     parser.add_argument("--ratings", type=int, default=240)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--model", type=Path, help="a built demo model dir (default: build one, 600 steps)")
@@ -80,23 +89,34 @@ def main() -> None:
     model = loop_demo_model(args.model)
     runs = []
     plan = [
-        (seed, noise, method)
+        (seed, noise, method, raters)
         for seed in [int(s) for s in args.seeds.split(",")]
         for noise in [float(n) for n in args.noise.split(",")]
+        for raters in args.raters.split(",")
         for method in args.methods.split(",")
     ]
-    for seed, noise, method in plan:
+    for seed, noise, method, raters in plan:
         with tempfile.TemporaryDirectory(prefix="ratchet-bench-loop-") as home:
             place_demo_model(model, home)
-            settings = Settings(home=Path(home), port=free_port(), loop_method=method)
+            name, _, option = method.partition(":")
+            settings = Settings(
+                home=Path(home), port=free_port(), loop_method=name, train_drop_disputed=option == "agree"
+            )
             result = run_demo(
-                settings, ratings=args.ratings, minutes=args.minutes, seed=seed, noise=noise, say=lambda *_: None
+                settings,
+                ratings=args.ratings,
+                minutes=args.minutes,
+                seed=seed,
+                noise=noise,
+                careful=raters == "careful",
+                say=lambda *_: None,
             )
             gate = gate_tally(settings.store_url)
         run = {
             "method": method,
             "seed": seed,
             "noise": noise,
+            "raters": raters,
             "summary": result.summary(),
             "before": result.before,
             "after": result.after,
@@ -108,12 +128,12 @@ def main() -> None:
         }
         runs.append(run)
         print(
-            f"{method} seed {seed} noise {noise:.0%}: {run['summary']}; "
+            f"{method} seed {seed} noise {noise:.0%} {raters} raters: {run['summary']}; "
             f"80 % liked after {run['ratings_to_80']} ratings; gate: {gate['rejected']} rejected, "
             f"{gate['judge_fooled']} of them with the judge's win-rate passing",
             flush=True,
         )
-    (OUT / "loop.json").write_text(json.dumps({"runs": runs}, indent=2))
+        (OUT / "loop.json").write_text(json.dumps({"runs": runs}, indent=2))  # after each run: a long plan
 
 
 if __name__ == "__main__":

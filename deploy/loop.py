@@ -195,7 +195,8 @@ class ImprovementLoop:
         from feedback.datasets import build
 
         for method in ("sft", "dpo", "kto"):
-            if len(build(self.store.engine, method).train) >= METHOD_MINIMUM[method]:
+            dataset = build(self.store.engine, method, drop_disputed=self.settings.train_drop_disputed)
+            if len(dataset.train) >= METHOD_MINIMUM[method]:
                 return method
         raise RuntimeError("no usable training data yet: no good answers, pairs or thumbs")
 

@@ -61,15 +61,23 @@ def build(
     heldout_fraction: float = 0.1,
     scrub: bool = True,
     since: float | None = None,
+    drop_disputed: bool = False,
 ) -> Dataset:
-    """The `kind` training set from the signals since `since` (UNIX seconds; None: all of them)."""
+    """The `kind` training set from the signals since `since` (UNIX seconds; None: all of them).
+
+    `drop_disputed` leaves out the ratings a classifier fitted on the other ratings contradicts
+    (feedback.agreement: likely flipped thumbs); imported examples, corrections and comparisons stay."""
     if not 0 <= heldout_fraction < 1:
         raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
     if max_per_user is not None and max_per_user < 1:
         raise ValueError(f"max_per_user must be at least 1 (or None for no cap), got {max_per_user}")
-    rows = rows_of(Signals.load(engine, since), kind, training=True)
+    signals = Signals.load(engine, since)
+    disputed = signals.drop_disputed() if drop_disputed else 0
+    rows = rows_of(signals, kind, training=True)
     params = {"max_per_user": max_per_user, "heldout_fraction": heldout_fraction, "scrub": scrub, "since": since}
-    return _finish(kind, rows, params)
+    if drop_disputed:
+        params["drop_disputed"] = True
+    return _finish(kind, rows, params, disputed)
 
 
 def build_sft(engine: Engine, **options: Any) -> Dataset:
@@ -99,7 +107,7 @@ def store_rows(engine: Engine, kind: Kind, *, scrub: bool = True) -> list[dict[s
 # -- the build pipeline: scrub, dedup, cap, split, snapshot ------------------------------------
 
 
-def _finish(kind: Kind, rows: list[Row], params: dict[str, Any]) -> Dataset:
+def _finish(kind: Kind, rows: list[Row], params: dict[str, Any], disputed: int) -> Dataset:
     if params["scrub"]:
         rows = _scrubbed(rows)
     rows, duplicates = _dedup(rows)
@@ -121,7 +129,7 @@ def _finish(kind: Kind, rows: list[Row], params: dict[str, Any]) -> Dataset:
             "train": len(train),
             "heldout": len(heldout),
             "by_source": dict(sorted(by_origin.items())),
-            "dropped": {"duplicates": duplicates, "user_cap": capped},
+            "dropped": {"duplicates": duplicates, "user_cap": capped, "disputed_ratings": disputed},
         },
         "params": params,
     }

@@ -90,6 +90,7 @@ class Signals:
     completions: dict[str, Completion]
     ratings: list[Rating]
     comparisons: list[Comparison]
+    left_out: frozenset[tuple[str, ...]] = frozenset()  # verdicts (by their ratings) training leaves out
 
     @classmethod
     def load(cls, engine: Engine, since: float | None) -> Signals:
@@ -157,8 +158,19 @@ class Signals:
             if total == 0 or prompt is None or choice is None:
                 continue
             winners = [r for r in ratings if _vote(r) * total > 0]
-            verdicts.append(Verdict(prompt, choice[0], choice[1], total > 0, winners))
+            verdict = Verdict(prompt, choice[0], choice[1], total > 0, winners)
+            if verdict.sources not in self.left_out:
+                verdicts.append(verdict)
         return sorted(verdicts, key=lambda v: (v.at, v.sources))
+
+    def drop_disputed(self) -> int:
+        """Leave out the verdicts the other ratings contradict (feedback.agreement); returns how many."""
+        from feedback.agreement import disputed
+
+        verdicts = self.verdicts()
+        flags = disputed([v.text for v in verdicts], [v.good for v in verdicts])
+        self.left_out = self.left_out | {v.sources for v, flag in zip(verdicts, flags, strict=True) if flag}
+        return sum(flags)
 
     def corrections(self) -> list[tuple[Rating, list[dict[str, Any]], str | None]]:
         """(rating, prompt, original answer or None) for every rating that carries a correction."""

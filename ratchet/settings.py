@@ -162,6 +162,11 @@ class Settings(BaseSettings):
     )
 
     # -- the loop and the canary ----------------------------------------------------------------
+    train_drop_disputed: bool = Field(
+        False,
+        description="Training sets built from the store leave out the thumbs and scores that a classifier "
+        "fitted on the other ratings contradicts (likely flipped); imported rows, corrections and comparisons stay.",
+    )
     loop_every_ratings: int = Field(30, ge=1, description="Loop: retrain after this many new ratings ...")
     loop_every_minutes: float = Field(
         60.0, ge=0, description="... or after this many minutes with at least one new rating (0 = never by time)."

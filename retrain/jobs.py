@@ -107,7 +107,7 @@ def _public(error: Exception, settings: Settings) -> str:
 def load_job_data(store: FeedbackStore, settings: Settings, job: Job) -> TrainingData:
     """The job's training data: its uploaded files, or the store's feedback."""
     if job.training_file is None:
-        return data_from_store(store, job.method)
+        return data_from_store(store, job.method, drop_disputed=settings.train_drop_disputed)
     training = _file_path(store, settings, job.training_file)
     validation = _file_path(store, settings, job.validation_file) if job.validation_file else None
     return data_from_file(job.method, training, validation)

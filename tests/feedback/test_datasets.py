@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,12 +11,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from feedback.agreement import disputed
 from feedback.datasets import build_dpo, build_kto, build_sft, prompt_of, to_trl_dpo
 from feedback.db import make_engine, new_session
 from feedback.formats import canonical_line
 from feedback.ingest import import_jsonl
 from feedback.models import Comparison, Completion, Rating, new_id
 from feedback.pii import scrub_text
+from retrain.demo import corpus
 
 
 class Feedback:
@@ -308,3 +311,68 @@ def _write(tmp_path: Path, *lines: str) -> Path:
     path = tmp_path / f"import-{len(list(tmp_path.iterdir()))}.jsonl"
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+# -- disputed ratings (feedback.agreement): flipped thumbs left out of training ---------------------
+
+TOPICS = [topic.name for topic in corpus.TOPIC_FACTS]
+
+
+def rated_answers(flips: set[int]) -> tuple[list[str], list[bool], list[bool]]:
+    """Canonical demo answers rated by a user who likes the tldr style, with the thumbs at `flips` flipped:
+    (texts, posted labels, true labels)."""
+    texts, truth = [], []
+    for topic in TOPICS:
+        for style in corpus.STYLES:
+            texts.append(corpus.canonical_answer(topic, style))
+            truth.append(style == corpus.TARGET_STYLE)
+    posted = [label != (i in flips) for i, label in enumerate(truth)]
+    return texts, posted, truth
+
+
+@pytest.mark.parametrize(("seed", "share", "kept"), [(0, 0.1, 0.5), (1, 0.1, 0.5), (2, 0.2, 0.75)])
+def test_flipped_thumbs_are_disputed(seed: int, share: float, kept: float) -> None:
+    """Each of the 100 answers rated once (no repeats to outvote a flip): the hardest case. The filtered SFT
+    set keeps at most `kept` of the share of disliked answers that the raw thumbs put in it."""
+    flips = set(random.Random(seed).sample(range(len(TOPICS) * len(corpus.STYLES)), int(share * 100)))
+    texts, posted, truth = rated_answers(flips)
+    flags = disputed(texts, posted)
+    caught = {i for i, flag in enumerate(flags) if flag}
+    assert len(caught & flips) >= 0.4 * len(flips), (sorted(caught), sorted(flips))
+    targets_before = [i for i in range(len(texts)) if posted[i]]
+    targets_after = [i for i in targets_before if i not in caught]
+    junk_before = sum(not truth[i] for i in targets_before) / len(targets_before)
+    junk_after = sum(not truth[i] for i in targets_after) / len(targets_after)
+    assert junk_after <= junk_before * kept, (junk_before, junk_after)
+    assert len(targets_after) >= 0.5 * sum(truth)  # most of what users truly liked is still trained on
+
+
+def test_nothing_is_disputed_without_enough_of_both_labels() -> None:
+    assert disputed(["a good one", "another good one", "a bad one"], [True, True, False]) == [False] * 3
+    assert disputed(["x"] * 6, [True] * 6) == [False] * 6
+    assert disputed([], []) == []
+
+
+def test_training_sets_leave_out_disputed_ratings(fb: Feedback) -> None:
+    texts, _, truth = rated_answers(set())
+    flipped_good = next(i for i, good in enumerate(truth) if not good)  # a disliked answer rated up
+    flipped_bad = next(i for i, good in enumerate(truth) if good)  # a liked answer rated down
+    question = {}
+    for i, text in enumerate(texts):
+        question[i] = f"question {i // len(corpus.STYLES)}"
+        up = truth[i] != (i in (flipped_good, flipped_bad))
+        fb.rate(fb.completion(question[i], text), 1 if up else -1, user=f"u{i % 7}")
+    plain = build_sft(fb.engine, heldout_fraction=0, max_per_user=None)
+    cleaned = build_sft(fb.engine, heldout_fraction=0, max_per_user=None, drop_disputed=True)
+    bad_target = sft(question[flipped_good], texts[flipped_good])
+    assert bad_target in plain.train and bad_target not in cleaned.train
+    assert len(cleaned.train) == len(plain.train) - 1
+    assert cleaned.snapshot["counts"]["dropped"]["disputed_ratings"] >= 2
+    assert cleaned.snapshot["params"]["drop_disputed"] is True
+    assert plain.snapshot["counts"]["dropped"]["disputed_ratings"] == 0
+    # KTO loses both flipped thumbs, DPO the pairs they made; nothing else
+    kto_rows = build_kto(fb.engine, heldout_fraction=0, max_per_user=None, drop_disputed=True).train
+    kto_texts = {row["completion"][0]["content"] for row in kto_rows}
+    assert texts[flipped_good] not in kto_texts and texts[flipped_bad] not in kto_texts
+    dpo_rows = build_dpo(fb.engine, heldout_fraction=0, max_per_user=None, drop_disputed=True).train
+    assert all(row["preferred_output"][0]["content"] != texts[flipped_good] for row in dpo_rows)
