@@ -53,7 +53,17 @@ def decide(counts: dict[str, dict[str, int]], settings: Settings) -> dict[str, A
     """What the live numbers say: {"action": wait|promote|rollback, "reason", "stats"}."""
     canary, control = counts["canary"], counts["current"]
     result = compare_arms(canary["up"], canary["n"], control["up"], control["n"])
-    stats = {"counts": counts, **result.as_dict()}
+    stats = {
+        "counts": counts,
+        **result.as_dict(),
+        "test": "Fisher's exact test, one-sided each way; Newcombe 95 % interval of the difference",
+        "thresholds": {
+            "min_ratings": settings.canary_min_ratings,
+            "max_ratings": settings.canary_max_ratings,
+            "alpha": settings.canary_alpha,
+            "margin": settings.canary_margin,
+        },
+    }
     rates = f"canary {canary['up']}/{canary['n']} up vs current {control['up']}/{control['n']}"
     if min(canary["n"], control["n"]) < settings.canary_min_ratings:
         return {

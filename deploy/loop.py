@@ -62,17 +62,19 @@ class AdminClient:
     def status(self) -> dict:
         return self._call("GET", "/admin/status")
 
-    def promote(self, adapter: str, *, reason: str, force: bool = False) -> dict:
-        return self._call("POST", "/admin/promote", {"adapter": adapter, "reason": reason, "force": force})
+    # `evidence`: the numbers behind the decision, recorded with it (deploy/promotion.py)
+    def promote(self, adapter: str, *, reason: str, force: bool = False, evidence: dict | None = None) -> dict:
+        body = {"adapter": adapter, "reason": reason, "force": force, "evidence": evidence}
+        return self._call("POST", "/admin/promote", body)
 
-    def rollback(self, *, reason: str) -> dict:
-        return self._call("POST", "/admin/rollback", {"reason": reason})
+    def rollback(self, *, reason: str, evidence: dict | None = None) -> dict:
+        return self._call("POST", "/admin/rollback", {"reason": reason, "evidence": evidence})
 
-    def canary(self, adapter: str, fraction: float) -> dict:
-        return self._call("POST", "/admin/canary", {"adapter": adapter, "fraction": fraction})
+    def canary(self, adapter: str, fraction: float, evidence: dict | None = None) -> dict:
+        return self._call("POST", "/admin/canary", {"adapter": adapter, "fraction": fraction, "evidence": evidence})
 
-    def abort_canary(self, *, reason: str) -> dict:
-        return self._call("POST", "/admin/canary/abort", {"reason": reason})
+    def abort_canary(self, *, reason: str, evidence: dict | None = None) -> dict:
+        return self._call("POST", "/admin/canary/abort", {"reason": reason, "evidence": evidence})
 
     def close(self) -> None:
         self.http.close()
@@ -137,16 +139,14 @@ class ImprovementLoop:
         if verdict["action"] == "wait":
             self._save(canary_stats=verdict["stats"])
             return None
-        adapter = canary["adapter"]
+        adapter, reason, evidence = canary["adapter"], f"canary: {verdict['reason']}", {"canary": verdict["stats"]}
         if verdict["action"] == "promote":
-            self.admin.promote(adapter, reason=f"canary: {verdict['reason']}")
+            self.admin.promote(adapter, reason=reason, evidence=evidence)
             self._save(state="idle", promotions=int(self.state["promotions"]) + 1)
         else:
-            self.admin.abort_canary(reason=f"canary: {verdict['reason']}")
+            self.admin.abort_canary(reason=reason, evidence=evidence)
             self._save(state="idle")
-        return self._decide(
-            {"action": verdict["action"], "adapter": adapter, "reason": verdict["reason"], "stats": verdict["stats"]}
-        )
+        return self._decide({"action": verdict["action"], "adapter": adapter, "reason": reason, "evidence": evidence})
 
     def _round(self, status: dict[str, Any]) -> dict[str, Any]:
         from eval.run import run_evaluation
@@ -175,16 +175,17 @@ class ImprovementLoop:
             "ratings": ratings,
             "eval_id": outcome.id,
             "reasons": outcome.decision.reasons,
+            "evidence": {"gate": [{k: v for k, v in c.items() if k != "detail"} for c in outcome.decision.checks]},
             "report": str(outcome.report),
         }
         if outcome.decision.verdict != "promote":
             return self._decide({"action": "reject", **base})
         # 3) a passing candidate goes live: first as a canary, or at once
         if self.settings.canary_fraction > 0:
-            self.admin.canary(adapter, self.settings.canary_fraction)
+            self.admin.canary(adapter, self.settings.canary_fraction, evidence=base["evidence"])
             self._save(state="canary")
             return self._decide({"action": "canary", "fraction": self.settings.canary_fraction, **base})
-        self.admin.promote(adapter, reason="the offline gate passed")
+        self.admin.promote(adapter, reason="the offline gate passed", evidence=base["evidence"])
         self._save(promotions=int(self.state["promotions"]) + 1)
         return self._decide({"action": "promote", **base})
 

@@ -9,7 +9,10 @@ CLI calls them directly when no server runs.
     promote(store, registry, "ft-0004")        current -> ft-0004, previous -> the old current
     rollback(store, registry)                  current -> previous (Conflict when there is none)
     start_canary(store, registry, "ft-0004", 0.2)
-    end_canary(store, registry, "rollback", decision)
+    abort_canary(store, registry, reason="canary: significantly worse")
+
+Each takes `evidence`, the numbers the decision was taken on (the gate's checks, the canary's stats),
+kept with the decision and, for a rejection, on the adapter's record.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from feedback.registry import AdapterRegistry, UnknownAdapter
 from feedback.store import FeedbackStore
 
 MAX_DECISIONS = 50
+Evidence = dict[str, Any] | None
 
 
 def check_promotable(registry: AdapterRegistry, adapter: str, *, force: bool = False) -> None:
@@ -43,6 +47,11 @@ def check_promotable(registry: AdapterRegistry, adapter: str, *, force: bool = F
         )
 
 
+def _with(decision: dict[str, Any], evidence: Evidence) -> dict[str, Any]:
+    """A decision with the numbers it was taken on (`evidence`: the gate's checks, the canary's stats)."""
+    return {**decision, "evidence": evidence} if evidence else decision
+
+
 def record_decision(store: FeedbackStore, decision: dict[str, Any]) -> dict[str, Any]:
     decision = {"at": time.time(), **decision}
     items = (store.get_state("decisions") or {}).get("items", [])
@@ -60,7 +69,13 @@ def _set_status(registry: AdapterRegistry, name: str | None, status: str, decisi
 
 
 def promote(
-    store: FeedbackStore, registry: AdapterRegistry, adapter: str, *, force: bool = False, reason: str = "manual"
+    store: FeedbackStore,
+    registry: AdapterRegistry,
+    adapter: str,
+    *,
+    force: bool = False,
+    reason: str = "manual",
+    evidence: Evidence = None,
 ) -> dict[str, Any]:
     """Make `adapter` current at once and for everyone; the old current becomes previous."""
     check_promotable(registry, adapter, force=force)
@@ -81,26 +96,35 @@ def promote(
         _set_status(registry, old_previous, AdapterStatus.SUPERSEDED)
     _set_status(registry, previous, AdapterStatus.PREVIOUS)
     _set_status(registry, adapter, AdapterStatus.CURRENT)
-    record_decision(store, {"action": "promote", "adapter": adapter, "from": old_current, "reason": reason})
+    decision = {"action": "promote", "adapter": adapter, "from": old_current, "reason": reason}
+    record_decision(store, _with(decision, evidence))
     return store.routing_state()
 
 
-def rollback(store: FeedbackStore, registry: AdapterRegistry, *, reason: str = "manual") -> dict[str, Any]:
+def rollback(
+    store: FeedbackStore, registry: AdapterRegistry, *, reason: str = "manual", evidence: Evidence = None
+) -> dict[str, Any]:
     """Serve `previous` again; the rolled-back adapter is marked rejected. 409 when there is no previous."""
     state = store.routing_state()
     if not state["previous"]:
         raise Conflict("there is no previous adapter to roll back to", code="no_previous")
     bad, back = state["current"], state["previous"]
     store.set_states({"current": {"adapter": back, "since": time.time()}, "previous": None})
-    decision = {"action": "rollback", "adapter": bad, "to": back, "reason": reason}
-    _set_status(registry, bad, AdapterStatus.REJECTED, {"verdict": "rollback", "reasons": [reason]})
+    decision = _with({"action": "rollback", "adapter": bad, "to": back, "reason": reason}, evidence)
+    _set_status(registry, bad, AdapterStatus.REJECTED, _with({"verdict": "rollback", "reasons": [reason]}, evidence))
     _set_status(registry, back, AdapterStatus.CURRENT)
     record_decision(store, decision)
     return store.routing_state()
 
 
 def start_canary(
-    store: FeedbackStore, registry: AdapterRegistry, adapter: str, fraction: float, *, force: bool = False
+    store: FeedbackStore,
+    registry: AdapterRegistry,
+    adapter: str,
+    fraction: float,
+    *,
+    force: bool = False,
+    evidence: Evidence = None,
 ) -> dict[str, Any]:
     """Let `adapter` answer a sticky `fraction` of `current` traffic (users hashed to arms)."""
     if not 0 < fraction <= 1:
@@ -113,18 +137,21 @@ def start_canary(
         raise Conflict(f"{state['canary']['adapter']} is already in canary: end it first", code="canary_running")
     store.set_states({"canary": {"adapter": adapter, "fraction": fraction, "started": time.time()}})
     _set_status(registry, adapter, AdapterStatus.CANARY)
-    record_decision(store, {"action": "canary", "adapter": adapter, "fraction": fraction})
+    record_decision(store, _with({"action": "canary", "adapter": adapter, "fraction": fraction}, evidence))
     return store.routing_state()
 
 
-def abort_canary(store: FeedbackStore, registry: AdapterRegistry, *, reason: str) -> dict[str, Any]:
+def abort_canary(
+    store: FeedbackStore, registry: AdapterRegistry, *, reason: str, evidence: Evidence = None
+) -> dict[str, Any]:
     """Stop the canary and mark its adapter rejected (the live numbers turned against it)."""
     canary = store.routing_state()["canary"]
     if not canary:
         raise Conflict("no canary is running", code="no_canary")
     store.set_states({"canary": None})
-    _set_status(registry, canary["adapter"], AdapterStatus.REJECTED, {"verdict": "rollback", "reasons": [reason]})
-    record_decision(store, {"action": "rollback", "adapter": canary["adapter"], "reason": reason})
+    verdict = _with({"verdict": "rollback", "reasons": [reason]}, evidence)
+    _set_status(registry, canary["adapter"], AdapterStatus.REJECTED, verdict)
+    record_decision(store, _with({"action": "rollback", "adapter": canary["adapter"], "reason": reason}, evidence))
     return store.routing_state()
 
 

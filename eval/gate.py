@@ -86,7 +86,17 @@ class PromotionGate:
             f"win-rate {estimate:.0%} over n={n} pairs, 95 % CI lower bound {low:.2f} {relation} "
             f"{self.policy.min_win_rate_low:.2f}"
         )
-        return _check("win_rate", ok, detail, n=n, estimate=estimate, low=low, threshold=self.policy.min_win_rate_low)
+        return _check(
+            "win_rate",
+            ok,
+            detail,
+            test="Wilson 95 % interval of wins / (wins + losses), ties left out",
+            n=n,
+            estimate=estimate,
+            low=low,
+            high=win.get("high"),
+            threshold=self.policy.min_win_rate_low,
+        )
 
     def _regressions(self, metrics: dict[str, Any]) -> dict[str, Any]:
         suite = metrics.get("regression")
@@ -100,7 +110,16 @@ class PromotionGate:
             f"{suite['baseline_passed']}), {len(failed)} newly failing, {len(suite.get('fixed', []))} newly "
             f"passing (at most {allowed} may newly fail)"
         )
-        return _check("regression", ok, detail, newly_failing=len(failed), allowed=allowed, cases=cases)
+        return _check(
+            "regression",
+            ok,
+            detail,
+            test="count of cases the baseline passes and the candidate fails",
+            newly_failing=len(failed),
+            allowed=allowed,
+            cases=cases,
+            fixed=len(suite.get("fixed", [])),
+        )
 
     def _quality(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """The well-formed share may fall by the tolerance; a larger fall fails unless it could be chance.
@@ -123,7 +142,20 @@ class PromotionGate:
             detail += (
                 f"; only the baseline's well-formed in {worse} pairs, only the candidate's in {better}, p={p_value:.3f}"
             )
-        return _check("quality", ok, detail, p_value=round(p_value, 4), tolerance=tolerance, alpha=alpha)
+        return _check(
+            "quality",
+            ok,
+            detail,
+            test="one-sided exact sign test over the pairs only one model answered well-formed",
+            n=quality["n"],
+            candidate=candidate,
+            baseline=baseline,
+            worse_pairs=worse,
+            better_pairs=better,
+            p_value=round(p_value, 4),
+            tolerance=tolerance,
+            alpha=alpha,
+        )
 
     def _loss(self, metrics: dict[str, Any]) -> dict[str, Any]:
         loss = metrics.get("heldout_loss") or {}
@@ -144,5 +176,19 @@ def paired_worse_p(worse: int, better: int) -> float:
     return float(stats.binomtest(worse, worse + better, 0.5, alternative="greater").pvalue)
 
 
-def _check(name: str, passed: bool, detail: str, **numbers: Any) -> dict[str, Any]:
-    return {"name": name, "passed": passed, "detail": detail, "numbers": numbers}
+def _check(name: str, passed: bool, detail: str, *, test: str | None = None, **numbers: Any) -> dict[str, Any]:
+    check = {"name": name, "passed": passed, "detail": detail, "numbers": numbers}
+    return {**check, "test": test} if test else check
+
+
+def numbers_text(numbers: dict[str, Any]) -> str:
+    """A check's or a canary's numbers on one line: `n=35, estimate=0.629, low=0.46` (nested dicts flattened)."""
+    parts = []
+    for key, value in numbers.items():
+        if isinstance(value, dict):
+            parts += [f"{key}.{part}" for part in numbers_text(value).split(", ") if part]
+        elif isinstance(value, float):
+            parts.append(f"{key}={value:.3g}")
+        elif value is not None:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from eval.gate import Decision
+from eval.gate import Decision, numbers_text
 from eval.offline import Evaluation
 
 
@@ -69,6 +69,15 @@ def _markdown(evaluation: Evaluation, decision: Decision, images: list[str]) -> 
         "",
         *[f"![{Path(image).stem}]({image})" for image in images],
         "",
+        "## The gate's numbers",
+        "",
+        "| check | passed | numbers | test |",
+        "|---|---|---|---|",
+        *[
+            f"| {c['name']} | {'yes' if c['passed'] else 'NO'} | {numbers_text(c['numbers'])} | {c.get('test', '')} |"
+            for c in decision.checks
+        ],
+        "",
         "## Example pairs",
         "",
     ]
@@ -95,6 +104,11 @@ def _html(evaluation: Evaluation, decision: Decision, images: list[str]) -> str:
         for e in evaluation.examples
     )
     imgs = "".join(f'<img src="{esc(i)}" style="max-width:100%">' for i in images)
+    checks = "".join(
+        f"<tr><td>{esc(c['name'])}</td><td>{'yes' if c['passed'] else 'NO'}</td>"
+        f"<td>{esc(numbers_text(c['numbers']))}</td><td>{esc(c.get('test', ''))}</td></tr>"
+        for c in decision.checks
+    )
     win = m["win_rate"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(evaluation.candidate)} evaluation</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em}}
@@ -105,6 +119,7 @@ td,th{{border:1px solid #ddd;padding:4px 8px;vertical-align:top}}table{{border-c
 <p>Win-rate {win["estimate"]:.0%} (95 % CI {win["low"]:.2f}-{win["high"]:.2f}, n={win["n"]}),
 well-formed {_share(m["quality"]["candidate"])} vs {_share(m["quality"]["baseline"])}.</p>
 {imgs}
+<h2>The gate's numbers</h2><table><tr><th>check</th><th>passed</th><th>numbers</th><th>test</th></tr>{checks}</table>
 <h2>Example pairs</h2><table><tr><th>prompt</th><th>candidate</th><th>baseline</th><th>judge</th></tr>{pairs}</table>
 </body></html>"""
 

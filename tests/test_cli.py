@@ -191,6 +191,39 @@ def test_promote_and_rollback_without_a_server_change_the_stored_state(workspace
     assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1 and "ft-9999" in unknown.stderr
 
 
+def test_status_shows_the_numbers_behind_each_decision(workspace):
+    from deploy.promotion import record_decision
+    from feedback.store import FeedbackStore
+    from ratchet.settings import Settings
+
+    home, env = workspace
+    checks = [
+        {"name": "win_rate", "passed": True, "numbers": {"n": 35, "estimate": 0.62857, "low": 0.51}, "test": "Wilson"},
+        {"name": "quality", "passed": False, "numbers": {"p_value": 0.012, "alpha": 0.05}},
+    ]
+    reasons = ["ok: win-rate 63%", "FAILED: well-formed answers 80% vs baseline 94%"]
+    canary = {"counts": {"canary": {"up": 3, "n": 20}}, "p_worse": 0.004, "test": "Fisher"}
+    with FeedbackStore(Settings(home=home).store_url) as store:
+        record_decision(
+            store, {"action": "reject", "adapter": "ft-0007", "reasons": reasons, "evidence": {"gate": checks}}
+        )
+        record_decision(
+            store,
+            {"action": "rollback", "adapter": "ft-0008", "reason": "canary: worse", "evidence": {"canary": canary}},
+        )
+    shown = run("status", "--home", str(home), env=env)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stderr.splitlines()
+    assert lines[-5:] == [
+        "decision: reject ft-0007 FAILED: well-formed answers 80% vs baseline 94%",
+        "  ok win_rate: n=35, estimate=0.629, low=0.51 (Wilson)",
+        "  FAILED quality: p_value=0.012, alpha=0.05",
+        "decision: rollback ft-0008 canary: worse",
+        "  canary: counts.canary.up=3, counts.canary.n=20, p_worse=0.004 (Fisher)",
+    ]
+    assert "evidence" not in shown.stdout  # the table holds the state, the lines below it the decisions
+
+
 def test_commands_that_need_a_server_say_so_in_one_line(workspace):
     home, env = workspace
     for command in (["eval", "ft-0001"], ["loop"], ["simulate", "--ratings", "1"]):

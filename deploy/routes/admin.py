@@ -12,12 +12,16 @@ returned is answered by the new state. Requests already running finish on the ad
     POST /admin/rollback       {}                                        to previous; 409 when none
     POST /admin/canary         {"adapter": "ft-0004", "fraction": 0.2}   a sticky share of current traffic
     POST /admin/canary/abort   {"reason": "..."}                         the canary's adapter is rejected
+
+Each change takes an optional `evidence` object, the numbers the decision was taken on (the loop sends
+the gate's checks or the canary's stats), recorded with the decision (deploy/promotion.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
@@ -31,18 +35,23 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[NEEDS_ADMIN_KE
 ADAPTER_NAME = r"^(base|ft-\d{4,}(-[a-z0-9-]{1,40})?)$"
 
 
-class PromoteBody(BaseModel):
-    adapter: str = Field(min_length=1, max_length=128, pattern=ADAPTER_NAME)
-    force: bool = False
-    reason: str = Field("manual", max_length=500)
-
-
-class CanaryBody(PromoteBody):
-    fraction: float = Field(0.2, gt=0, le=1)
+EVIDENCE = Field(
+    None, description="The numbers behind the decision (the gate's checks, the canary's stats), recorded with it."
+)
 
 
 class ReasonBody(BaseModel):
     reason: str = Field("manual", max_length=500)
+    evidence: dict[str, Any] | None = EVIDENCE
+
+
+class PromoteBody(ReasonBody):
+    adapter: str = Field(min_length=1, max_length=128, pattern=ADAPTER_NAME)
+    force: bool = False
+
+
+class CanaryBody(PromoteBody):
+    fraction: float = Field(0.2, gt=0, le=1)
 
 
 async def _switch(runtime: ServingRuntime) -> dict:
@@ -82,15 +91,23 @@ async def admin_status(runtime: Runtime) -> dict:
 async def admin_promote(runtime: Runtime, body: PromoteBody) -> dict:
     await _checked(runtime, body)
     await asyncio.to_thread(
-        promotion.promote, runtime.store, runtime.registry, body.adapter, force=body.force, reason=body.reason
+        promotion.promote,
+        runtime.store,
+        runtime.registry,
+        body.adapter,
+        force=body.force,
+        reason=body.reason,
+        evidence=body.evidence,
     )
     return await _switch(runtime)
 
 
 @router.post("/rollback")
 async def admin_rollback(runtime: Runtime, body: ReasonBody | None = None) -> dict:
-    reason = body.reason if body is not None else "manual"
-    await asyncio.to_thread(promotion.rollback, runtime.store, runtime.registry, reason=reason)
+    body = body or ReasonBody()
+    await asyncio.to_thread(
+        promotion.rollback, runtime.store, runtime.registry, reason=body.reason, evidence=body.evidence
+    )
     return await _switch(runtime)
 
 
@@ -98,12 +115,20 @@ async def admin_rollback(runtime: Runtime, body: ReasonBody | None = None) -> di
 async def admin_canary(runtime: Runtime, body: CanaryBody) -> dict:
     await _checked(runtime, body)
     await asyncio.to_thread(
-        promotion.start_canary, runtime.store, runtime.registry, body.adapter, body.fraction, force=body.force
+        promotion.start_canary,
+        runtime.store,
+        runtime.registry,
+        body.adapter,
+        body.fraction,
+        force=body.force,
+        evidence=body.evidence,
     )
     return await _switch(runtime)
 
 
 @router.post("/canary/abort")
 async def admin_canary_abort(runtime: Runtime, body: ReasonBody) -> dict:
-    await asyncio.to_thread(promotion.abort_canary, runtime.store, runtime.registry, reason=body.reason)
+    await asyncio.to_thread(
+        promotion.abort_canary, runtime.store, runtime.registry, reason=body.reason, evidence=body.evidence
+    )
     return await _switch(runtime)

@@ -13,6 +13,21 @@ const badge = (text, kind = text) => el("span", { class: `badge ${kind}` }, text
 const admin = (path, options = {}) => api(path, { key: keys.get(), ...options });
 // A decision's why: its reason or error, else the gate's failed checks (all its checks when none failed).
 const why = (d) => d.reason || d.error || ((d.reasons || []).filter((r) => r.startsWith("FAILED")).join("; ") || (d.reasons || []).join("; "));
+// The numbers a check or a canary test decided with, on one line (nested objects flattened: counts.canary.up=12).
+const numbersText = (numbers, prefix = "") => Object.entries(numbers || {}).flatMap(([k, v]) => v === null || v === undefined ? []
+  : typeof v === "object" ? [numbersText(v, `${prefix}${k}.`)] : [`${prefix}${k}=${typeof v === "number" && !Number.isInteger(v) ? Number(v.toPrecision(3)) : v}`])
+  .filter(Boolean).join(", ");
+// A decision's evidence (deploy/status.py's explain): each gate check, or the canary's test, a line each.
+function evidence(d) {
+  const e = d.evidence || {};
+  const lines = (e.gate || []).map((c) => [c.passed ? "ok" : "FAILED", `${c.name}: ${numbersText(c.numbers)}`, c.test]);
+  if (e.canary) {
+    const { test, ...numbers } = e.canary;
+    lines.push(["canary:", numbersText(numbers), test]);
+  }
+  return el("div", { class: "evidence" }, lines.map(([mark, text, test]) =>
+    el("div", { class: "check muted", title: test || "" }, `${mark} ${text}`)));
+}
 
 function served(status) {
   const canary = status.canary;
@@ -85,9 +100,9 @@ function charts(stats) {
 function decisionTable(items) {
   const recent = [...items].reverse().slice(0, 20);
   if (!recent.length) return el("p", { class: "muted" }, "the loop has not decided anything yet");
-  return el("table", { class: "list", id: "decisions" }, el("tr", {}, ["when", "decision", "adapter", "why"].map((h) => el("th", {}, h))),
+  return el("table", { class: "list", id: "decisions" }, el("tr", {}, ["when", "decision", "adapter", "why", "numbers"].map((h) => el("th", {}, h))),
     recent.map((d) => el("tr", {}, el("td", {}, when(d.at)), el("td", {}, badge(d.action)), el("td", {}, d.adapter || ""),
-      el("td", {}, why(d)))));
+      el("td", {}, why(d)), el("td", {}, evidence(d)))));
 }
 
 async function showFiles(adapter, target) {
@@ -109,7 +124,8 @@ function adapterRows(page) {
     const snapshot = a.data_snapshot || {};
     const size = snapshot.counts ? `${snapshot.counts.train} train + ${snapshot.counts.heldout} held out` : "";
     const verdict = a.decision ? el("div", {}, badge(a.decision.verdict),
-      (a.decision.reasons || []).map((line) => el("div", { class: "check" }, line))) : el("span", { class: "muted" }, "not judged");
+      (a.decision.reasons || []).map((line) => el("div", { class: "check" }, line)),
+      evidence({ evidence: a.decision.evidence || { gate: a.decision.checks } })) : el("span", { class: "muted" }, "not judged");
     return el("tr", { "data-adapter": a.name }, el("td", {}, el("code", {}, a.name)), el("td", {}, badge(a.status)),
       el("td", {}, a.method), el("td", {}, a.parent || "base"), el("td", {}, a.created), el("td", {}, size), el("td", {}, verdict),
       el("td", {}, el("button", { class: "quiet", onclick: () => showFiles(a, $("#adapter-files")) }, "report")));

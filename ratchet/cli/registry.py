@@ -27,16 +27,22 @@ def adapters(home: Home = None, as_json: AsJson = False) -> None:
 def status(home: Home = None, as_json: AsJson = False) -> None:
     """What is being served and what the store holds (live through the admin API when a server runs)."""
     from deploy.control import status as current_status
+    from deploy.status import explain
 
     with workspace(home) as (settings, store):
         state = current_status(settings, store)
     if as_json:
         print_json(state)
         return
-    rows = [[key, "-" if value is None else str(value)] for key, value in flatten(state) if key != "decisions"]
+    shown = [(key, value) for key, value in flatten(state) if not key.startswith(("decisions", "loop.last_decision"))]
+    rows = [[key, "-" if value is None else str(value)] for key, value in shown]
     print_table(f"ratchet status ({settings.home})", ["what", "value"], rows, show_header=False)
     for decision in state.get("decisions", [])[-5:]:
-        err.print(f"decision: {decision.get('action')} {decision.get('adapter', '')} {decision.get('reason', '')}")
+        failed = [reason for reason in decision.get("reasons", []) if reason.startswith("FAILED")]
+        why = decision.get("reason") or "; ".join(failed) or decision.get("error", "")
+        err.print(f"decision: {decision.get('action')} {decision.get('adapter', '')} {why}", markup=False)
+        for line in explain(decision):
+            err.print(f"  {line}", markup=False)
 
 
 def evaluate(

@@ -102,6 +102,10 @@ def test_live_ratings_turning_against_a_canary_roll_it_back(server, admin):
     status = admin.get("/admin/status").json()
     assert status["canary"] is None
     assert status["decisions"][-1]["action"] == "rollback"
+    # the decision keeps the numbers it was taken on: both arms, the test's p-values and the thresholds
+    evidence = status["decisions"][-1]["evidence"]["canary"]
+    assert evidence["counts"]["canary"]["up"] == 0 and evidence["counts"]["current"]["n"] >= 8
+    assert evidence["p_worse"] < settings.canary_alpha and evidence["thresholds"]["min_ratings"] == 8
     with FeedbackStore(server.settings.store_url) as store:
         assert AdapterRegistry(store, server.settings.adapters_dir).get(adapter).status == "rejected"
 
@@ -137,6 +141,13 @@ def test_simulated_users_teach_the_loop_their_preference(server, admin, users):
     assert promoted, [d and (d["action"], d.get("reasons") or d.get("error")) for d in decisions]
     status = admin.get("/admin/status").json()
     assert status["current"] == promoted[-1]["adapter"]
+    # the promotion is logged with every gate check and the numbers it passed on
+    logged = [d for d in status["decisions"] if d["action"] == "promote" and d["adapter"] == status["current"]][-1]
+    checks = {check["name"]: check for check in logged["evidence"]["gate"]}
+    assert set(checks) == {"win_rate", "regression", "quality", "heldout_loss"} and all(
+        c["passed"] for c in checks.values()
+    )
+    assert checks["win_rate"]["numbers"]["low"] > settings.gate_min_win_rate_low and checks["win_rate"]["test"]
     after = users.measure(status["current"], 60)
     liked = [round(m["preference"] * 60) for m in (after, before)]
     table = [[liked[0], 60 - liked[0]], [liked[1], 60 - liked[1]]]

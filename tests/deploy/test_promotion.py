@@ -68,9 +68,14 @@ def test_canary_start_and_abort(workspace):
     assert state["canary"]["adapter"] == b and state["canary"]["fraction"] == 0.3
     with pytest.raises(Conflict):
         promotion.start_canary(store, registry, registry.list()[-1].name, 0.3)  # one canary at a time
-    state = promotion.abort_canary(store, registry, reason="significantly worse")
+    evidence = {"canary": {"p_worse": 0.01, "counts": {"canary": {"up": 1, "n": 20}}}}
+    state = promotion.abort_canary(store, registry, reason="significantly worse", evidence=evidence)
     assert state["canary"] is None and state["current"] == a
     assert registry.get(b).status == "rejected"
+    # the numbers go with the decision, in the log and on the rejected adapter's record
+    assert promotion.decisions(store)[-1]["evidence"] == evidence
+    assert registry.get(b).decision == {"verdict": "rollback", "reasons": ["significantly worse"], "evidence": evidence}
+    assert "evidence" not in promotion.decisions(store)[-2]  # the canary's start was given none
 
 
 def test_prune_keeps_what_serves_and_the_newest(workspace):
@@ -113,6 +118,14 @@ def test_canary_decisions_follow_the_live_numbers(workspace):
     assert decide(counts, settings)["action"] == "rollback"
     assert decide({"canary": {"up": 14, "n": 16}, "current": {"up": 3, "n": 16}}, settings)["action"] == "promote"
     assert decide({"canary": {"up": 3, "n": 5}, "current": {"up": 3, "n": 5}}, settings)["action"] == "wait"
+    stats = decide(counts, settings)["stats"]  # every verdict names its test and thresholds
+    assert stats["thresholds"] == {
+        "min_ratings": 10,
+        "max_ratings": settings.canary_max_ratings,
+        "alpha": settings.canary_alpha,
+        "margin": settings.canary_margin,
+    }
+    assert "Fisher" in stats["test"] and stats["candidate"]["n"] == 16 and stats["p_worse"] < 0.05
     # after the canary started only: older ratings do not count
     assert arm_counts(store, {**canary, "started": time.time() + 60})["canary"]["n"] == 0
 

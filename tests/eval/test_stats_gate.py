@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from eval.gate import GatePolicy, PromotionGate, paired_worse_p
+from eval.gate import GatePolicy, PromotionGate, numbers_text, paired_worse_p
 from eval.stats import compare_arms, wilson
 
 
@@ -98,7 +98,7 @@ def test_regressions_are_tolerated_up_to_a_share_of_the_suite(cases, newly_faili
     decision = PromotionGate().decide({**metrics(), "regression": suite_of(cases, newly_failing)})
     assert decision.verdict == verdict
     (check,) = [c for c in decision.checks if c["name"] == "regression"]
-    assert check["numbers"] == {"newly_failing": newly_failing, "allowed": cases // 20, "cases": cases}
+    assert check["numbers"] == {"newly_failing": newly_failing, "allowed": cases // 20, "cases": cases, "fixed": 0}
 
 
 def quality(candidate: float, worse: int | None, better: int | None) -> dict:
@@ -135,3 +135,12 @@ def test_every_check_records_the_numbers_it_decided_with():
     numbers = {c["name"]: c["numbers"] for c in decision.checks}
     assert numbers["win_rate"]["n"] == 35 and numbers["win_rate"]["threshold"] == 0.5
     assert numbers["heldout_loss"] == {"before": 1.0, "after": 0.9, "limit": pytest.approx(1.1)}
+    tests = {c["name"]: c.get("test", "") for c in decision.checks}
+    assert "Wilson" in tests["win_rate"] and "sign test" in tests["quality"]
+
+
+def test_numbers_read_on_one_line():
+    assert numbers_text({"n": 35, "estimate": 0.62857, "low": 0.4, "skip": None}) == "n=35, estimate=0.629, low=0.4"
+    assert numbers_text({"counts": {"canary": {"up": 3, "n": 20}}, "p": 0.01}) == (
+        "counts.canary.up=3, counts.canary.n=20, p=0.01"
+    )

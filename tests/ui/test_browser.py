@@ -207,3 +207,28 @@ def test_the_dashboard_shows_an_adapters_loss_plot_fetched_with_the_admin_key(se
     image.wait_for()
     assert image.get_attribute("src").startswith("blob:")  # fetched with the header, never a key in a URL
     assert page.evaluate("document.querySelector('#adapter-files img').naturalWidth") > 0
+
+
+def test_the_dashboard_shows_the_numbers_behind_each_decision(server, page, admin, artifact):
+    adapter = register_test_adapter(server.settings, seed=8)
+    gate = [
+        {"name": "win_rate", "passed": True, "numbers": {"n": 35, "estimate": 0.62857, "low": 0.51}, "test": "Wilson"},
+        {"name": "quality", "passed": True, "numbers": {"p_value": 0.41, "alpha": 0.05}},
+    ]
+    canary = {"counts": {"canary": {"up": 3, "n": 20}}, "p_worse": 0.004, "test": "Fisher's exact test"}
+    started = admin.post("/admin/canary", json={"adapter": adapter, "fraction": 0.5, "evidence": {"gate": gate}})
+    assert started.status_code == 200, started.text
+    stopped = admin.post("/admin/canary/abort", json={"reason": "canary: worse", "evidence": {"canary": canary}})
+    assert stopped.status_code == 200, stopped.text
+    page.goto(server.url + "/ui/dashboard")
+    use_key(page, server.admin_key)
+    rows = page.locator("#decisions tr")
+    rows.nth(1).wait_for()
+    newest, before = rows.nth(1).inner_text(), rows.nth(2).inner_text()  # newest first
+    assert "rollback" in newest and "canary: counts.canary.up=3, counts.canary.n=20, p_worse=0.004" in newest
+    assert "ok win_rate: n=35, estimate=0.629, low=0.51" in before and "ok quality: p_value=0.41" in before
+    assert rows.nth(1).locator(".evidence .check").first.get_attribute("title") == "Fisher's exact test"
+    # the rejected adapter's record keeps the canary's numbers too
+    record = page.locator(f"#adapters tr[data-adapter='{adapter}']")
+    assert "counts.canary.up=3" in record.inner_text()
+    artifact("dashboard-evidence")
