@@ -47,9 +47,11 @@ def gate_tally(store_url: str) -> dict[str, int]:
     from feedback.store import FeedbackStore
 
     with FeedbackStore(store_url) as store:
-        rejected = [d for d in decisions(store) if d.get("source") == "loop" and d["action"] == "reject"]
+        loop = [d for d in decisions(store) if d.get("source") == "loop"]
+    rejected = [d for d in loop if d["action"] == "reject"]
     fooled = [d for d in rejected if any(reason.startswith("ok: win-rate") for reason in d["reasons"])]
-    return {"rejected": len(rejected), "judge_fooled": len(fooled)}
+    failed = [f"{d.get('stage')}: {d.get('error')}" for d in loop if d["action"] == "failed"]
+    return {"rejected": len(rejected), "judge_fooled": len(fooled), "failed": failed}
 
 
 def loop_demo_model(given: Path | None) -> Path:
@@ -130,7 +132,8 @@ def main() -> None:
         print(
             f"{method} seed {seed} noise {noise:.0%} {raters} raters: {run['summary']}; "
             f"80 % liked after {run['ratings_to_80']} ratings; gate: {gate['rejected']} rejected, "
-            f"{gate['judge_fooled']} of them with the judge's win-rate passing",
+            f"{gate['judge_fooled']} of them with the judge's win-rate passing"
+            + (f"; {len(gate['failed'])} rounds FAILED, first: {gate['failed'][0]}" if gate["failed"] else ""),
             flush=True,
         )
         (OUT / "loop.json").write_text(json.dumps({"runs": runs}, indent=2))  # after each run: a long plan

@@ -51,7 +51,7 @@ def disputed(texts: Sequence[str], labels: Sequence[bool], *, seed: int = 0) -> 
     # each label's threshold: the classifier's average probability of it over the answers that carry it
     threshold = {0: (1 - p_good[y == 0]).mean(), 1: p_good[y == 1].mean()}
     flags = []
-    for label, p in zip(y, p_good, strict=True):
+    for label, p in zip(y.tolist(), p_good.tolist(), strict=True):  # plain Python numbers: flags go into JSON
         probability = {0: 1 - p, 1: p}
         confident = [c for c in (0, 1) if probability[c] >= threshold[c]]
         flags.append(bool(confident) and max(confident, key=probability.get) != label)

@@ -170,7 +170,7 @@ class Signals:
         verdicts = self.verdicts()
         flags = disputed([v.text for v in verdicts], [v.good for v in verdicts])
         self.left_out = self.left_out | {v.sources for v, flag in zip(verdicts, flags, strict=True) if flag}
-        return sum(flags)
+        return int(sum(flags))
 
     def corrections(self) -> list[tuple[Rating, list[dict[str, Any]], str | None]]:
         """(rating, prompt, original answer or None) for every rating that carries a correction."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -369,6 +370,7 @@ def test_training_sets_leave_out_disputed_ratings(fb: Feedback) -> None:
     assert len(cleaned.train) == len(plain.train) - 1
     assert cleaned.snapshot["counts"]["dropped"]["disputed_ratings"] >= 2
     assert cleaned.snapshot["params"]["drop_disputed"] is True
+    assert json.loads(json.dumps(cleaned.snapshot)) == cleaned.snapshot  # the registry stores it as JSON
     assert plain.snapshot["counts"]["dropped"]["disputed_ratings"] == 0
     # KTO loses both flipped thumbs, DPO the pairs they made; nothing else
     kto_rows = build_kto(fb.engine, heldout_fraction=0, max_per_user=None, drop_disputed=True).train
