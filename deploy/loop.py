@@ -8,7 +8,8 @@ One tick does one of:
 1) a canary runs: count its live ratings per arm (deploy/canary.py) and promote it fully, roll it back,
    or wait;
 2) enough new ratings: pick the method the data supports (or RATCHET_LOOP_METHOD; `rft` is reinforcement
-   fine-tuning on the rated prompts with the learned ratings judge as its reward), queue a fine-tuning
+   fine-tuning on the rated prompts with the learned ratings judge as its reward; `best_of_n` is SFT on the
+   liked answers and the judge's pick of sampled ones, deploy/best_of_n.py), queue a fine-tuning
    job (the server's job runner trains it as a Ray task, at a lower priority than serving), evaluate the
    candidate through the server against `current` (eval/run.py), and when the gate passes start a canary
    (or promote at once when `canary_fraction` is 0);
@@ -35,8 +36,14 @@ JOB_TIMEOUT_SECONDS = 1800.0
 METHOD_MINIMUM = {"sft": 1, "dpo": 1, "kto": 2}
 
 
-def check_loop_grader(settings: Settings) -> None:
-    """RATCHET_LOOP_GRADER, when set, must be a valid OpenAI grader (GraderInvalid names the field)."""
+def check_loop_settings(settings: Settings) -> None:
+    """RATCHET_LOOP_GRADER, when set, must be a valid OpenAI grader (GraderInvalid names the field), and
+    best_of_n may not ask for more answers per request than the server gives."""
+    if settings.loop_method == "best_of_n" and settings.loop_best_of > settings.max_n:
+        raise ValueError(
+            f"RATCHET_LOOP_BEST_OF={settings.loop_best_of} is more than RATCHET_MAX_N={settings.max_n}, the most "
+            "answers a request may ask for: lower the one or raise the other"
+        )
     if settings.loop_grader is not None:
         from retrain.graders import parse_grader
 
@@ -93,7 +100,7 @@ class ImprovementLoop:
         self.state.setdefault("last_decision", None)  # the status contract always carries it
         self.state.setdefault("ratings_at_last_round", 0)
         self.state.setdefault("last_round_at", time.time())
-        check_loop_grader(settings)  # a bad grader fails at start, not one round later
+        check_loop_settings(settings)  # a bad grader fails at start, not one round later
         self._save()
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -161,8 +168,9 @@ class ImprovementLoop:
         )
         # 1) train on everything users said so far
         method = self.pick_method()
-        # SFT and RFT improve on what is served; DPO and KTO start afresh from the base each round
-        adapter = self._train(method, parent=current if method in ("sft", "rft") else "base")
+        # SFT, RFT and best-of-n improve on what is served; DPO and KTO start afresh from the base each round
+        parent = current if method in ("sft", "rft", "best_of_n") else "base"
+        adapter, data = self._train_best_of_n(current) if method == "best_of_n" else (self._train(method, parent), {})
         # 2) evaluate through the server against what is served, and gate
         self._save(state="evaluating", candidate=adapter)
         outcome = run_evaluation(
@@ -174,6 +182,7 @@ class ImprovementLoop:
             "against": current,
             "ratings": ratings,
             "eval_id": outcome.id,
+            **({"data": data} if data else {}),
             "reasons": outcome.decision.reasons,
             "evidence": {"gate": [{k: v for k, v in c.items() if k != "detail"} for c in outcome.decision.checks]},
             "report": str(outcome.report),
@@ -191,7 +200,7 @@ class ImprovementLoop:
 
     def pick_method(self) -> str:
         """The configured method, or (auto) filtered SFT when there are good answers, else DPO, else KTO."""
-        if self.settings.loop_method != "auto":
+        if self.settings.loop_method != "auto":  # best_of_n is SFT on a judged file: its rows come later
             return self.settings.loop_method
         from feedback.datasets import build
 
@@ -207,7 +216,22 @@ class ImprovementLoop:
 
         return self.settings.loop_grader or {"type": RATINGS_REWARD, "name": "ratings"}
 
-    def _train(self, method: str, *, parent: str) -> str:
+    def _train_best_of_n(self, current: str) -> tuple[str, dict[str, Any]]:
+        """An SFT job on the users' rows plus the judge's best of n sampled answers (deploy/best_of_n.py)."""
+        from deploy.best_of_n import best_of_n_rows, upload_rows
+
+        seed = int(self.state["rounds"])
+        drop = self.settings.train_drop_disputed
+        rows, heldout, counts = best_of_n_rows(
+            self.store, self.client, current, n=self.settings.loop_best_of, seed=seed, drop_disputed=drop
+        )
+        training = upload_rows(self.client, rows, f"best-of-n-round-{seed}.jsonl")
+        validation = upload_rows(self.client, heldout, f"best-of-n-round-{seed}-heldout.jsonl") if heldout else None
+        return self._train("sft", current, training_file=training, validation_file=validation), counts
+
+    def _train(
+        self, method: str, parent: str, *, training_file: str | None = None, validation_file: str | None = None
+    ) -> str:
         from feedback.models import JobStatus
         from retrain.jobs import create_job, get_job
 
@@ -216,6 +240,8 @@ class ImprovementLoop:
             self.settings,
             method=method,
             model=parent,
+            training_file=training_file,
+            validation_file=validation_file,
             suffix="loop",
             hyperparameters={"epochs": self.settings.loop_epochs, "learning_rate": self.settings.loop_learning_rate},
             seed=int(self.state["rounds"]),

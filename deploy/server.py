@@ -82,9 +82,9 @@ def serve_forever(settings: Settings, *, progress=None, with_loop: bool = False)
 
     say = progress.print if progress is not None else print
     if with_loop:  # before the workspace (and maybe a demo model build): a bad setting fails at once
-        from deploy.loop import check_loop_grader
+        from deploy.loop import check_loop_settings
 
-        check_loop_grader(settings)
+        check_loop_settings(settings)
     init_workspace(settings)
     say(f"starting Ray Serve ({settings.engine} engine, base {settings.base_model_id}) ...")
     url = start(settings)

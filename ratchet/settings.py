@@ -171,11 +171,13 @@ class Settings(BaseSettings):
     loop_every_minutes: float = Field(
         60.0, ge=0, description="... or after this many minutes with at least one new rating (0 = never by time)."
     )
-    loop_method: Literal["auto", "sft", "dpo", "kto", "rft"] = Field(
+    loop_method: Literal["auto", "sft", "dpo", "kto", "rft", "best_of_n"] = Field(
         "auto",
         description="Loop: training method; auto = filtered SFT when there are good answers, else DPO, else KTO; "
-        "rft = GRPO on the rated prompts, rewarded by the judge learned from the ratings.",
+        "rft = GRPO on the rated prompts, rewarded by the judge learned from the ratings; best_of_n = SFT on the "
+        "liked answers plus, per rated prompt, the best of loop_best_of sampled answers by that judge.",
     )
+    loop_best_of: int = Field(8, ge=2, le=64, description="Loop, best_of_n: answers sampled per rated prompt.")
     loop_grader: dict[str, Any] | None = Field(
         None,
         description="Loop, rft: an OpenAI grader (JSON) as the reward instead of the learned ratings judge; "

@@ -207,3 +207,40 @@ def test_a_reinforcement_round_learns_from_the_ratings_judge(server, admin, user
     assert steps[-1].get("kl", 0.0) > 0  # and the policy moved away from the adapter it started from
     # That the reward climbs is measured over many more steps in benchmarks/bench_rft.py and bench_loop.py: one
     # short round on a store other tests have rated is too noisy to assert it.
+
+
+@pytest.mark.timeout(1200)
+def test_a_best_of_n_round_trains_on_the_answers_the_ratings_judge_picks(server, admin, users):
+    """RATCHET_LOOP_METHOD=best_of_n: the users' liked answers plus, per rated prompt, the judge's pick of sampled
+    answers, as an uploaded training file for an SFT job continued from current."""
+    import json
+
+    from retrain.jobs import get_job
+
+    settings = server.settings.model_copy(
+        update={"loop_method": "best_of_n", "loop_best_of": 4, "loop_every_ratings": 1, "loop_epochs": 1,
+                "canary_fraction": 0.0, "gate_min_pairs": 10, "eval_samples": 2, "eval_prompts": 10}
+    )  # fmt: skip
+    users.run(30)  # both kinds of ratings for the judge, whatever earlier tests left in the store
+    loop = ImprovementLoop(settings, server.url, server.admin_key)
+    try:
+        decision = loop.tick()
+        job_id = loop.state["job"]
+    finally:
+        loop.close()
+    assert decision["action"] in ("promote", "reject"), decision.get("error")
+    assert decision["method"] == "best_of_n"
+    data = decision["data"]
+    assert data["samples_per_prompt"] == 4 and 0 < data["judged"] <= data["prompts"]
+    with FeedbackStore(server.settings.store_url) as store:
+        job = get_job(store, job_id)
+        adapter = AdapterRegistry(store, server.settings.adapters_dir).get(decision["adapter"])
+    assert job.method == "sft" and job.training_file and adapter.data_snapshot["source"] == "file"
+    content = httpx.get(f"{server.url}/v1/files/{job.training_file}/content", headers=admin.headers, timeout=60)
+    rows = [json.loads(line) for line in content.text.splitlines()]
+    assert len(rows) == data["user_rows"] + data["judged"]
+    picked = [row["messages"][-1]["content"] for row in rows[data["user_rows"] :]]
+    # the judge learned what these users like (the rare tldr style): its picks are mostly in that style,
+    # where the base model answers in it about one time in five
+    in_style = [corpus.classify_style(text) == corpus.TARGET_STYLE for text in picked]
+    assert sum(in_style) >= 0.5 * len(picked), picked

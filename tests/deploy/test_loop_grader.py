@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from deploy.loop import check_loop_grader
+from deploy.loop import check_loop_settings
 from ratchet.settings import Settings
 from retrain.graders import GraderInvalid
 
@@ -16,16 +16,16 @@ def test_the_grader_comes_from_the_environment_as_json(monkeypatch):
     monkeypatch.setenv("RATCHET_LOOP_GRADER", json.dumps(MARKER))
     settings = Settings()
     assert settings.loop_grader == MARKER
-    check_loop_grader(settings)  # valid: no error
+    check_loop_settings(settings)  # valid: no error
     assert Settings(loop_grader=None).loop_grader is None
 
 
 def test_a_bad_loop_grader_names_the_setting_and_the_field():
     with pytest.raises(GraderInvalid) as bad:
-        check_loop_grader(Settings(loop_grader={**MARKER, "operation": "contains"}))
+        check_loop_settings(Settings(loop_grader={**MARKER, "operation": "contains"}))
     assert bad.value.param == "RATCHET_LOOP_GRADER.operation"
     with pytest.raises(GraderInvalid) as kind:
-        check_loop_grader(Settings(loop_grader={"type": "label_model"}))
+        check_loop_settings(Settings(loop_grader={"type": "label_model"}))
     assert kind.value.param == "RATCHET_LOOP_GRADER.type" and "score_model" in str(kind.value)
 
 
