@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--ratings", type=int, default=240)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--model", type=Path, help="a built demo model dir (default: build one, 600 steps)")
+    parser.add_argument("--out", type=Path, default=OUT / "loop.json", help="where the runs are written")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from deploy.demo import run_demo
@@ -136,7 +137,7 @@ def main() -> None:
             + (f"; {len(gate['failed'])} rounds FAILED, first: {gate['failed'][0]}" if gate["failed"] else ""),
             flush=True,
         )
-        (OUT / "loop.json").write_text(json.dumps({"runs": runs}, indent=2))  # after each run: a long plan
+        args.out.write_text(json.dumps({"runs": runs}, indent=2))  # after each run: a long plan
 
 
 if __name__ == "__main__":
