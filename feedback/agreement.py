@@ -42,16 +42,19 @@ def disputed(texts: Sequence[str], labels: Sequence[bool], *, seed: int = 0) -> 
     folds = min(FOLDS, good, len(labels) - good)
     if folds < 2:
         return [False] * len(labels)
-    import numpy as np
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    y = np.array([int(bool(label)) for label in labels])
+    y = [int(bool(label)) for label in labels]
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    p_good = cross_val_predict(answer_classifier(), list(texts), y, cv=split, method="predict_proba")[:, 1]
+    # plain Python floats from here: the flags and their count go into JSON
+    p_good = cross_val_predict(answer_classifier(), list(texts), y, cv=split, method="predict_proba")[:, 1].tolist()
     # each label's threshold: the classifier's average probability of it over the answers that carry it
-    threshold = {0: (1 - p_good[y == 0]).mean(), 1: p_good[y == 1].mean()}
+    threshold = {
+        0: sum(1 - p for p, label in zip(p_good, y, strict=True) if label == 0) / (len(y) - good),
+        1: sum(p for p, label in zip(p_good, y, strict=True) if label == 1) / good,
+    }
     flags = []
-    for label, p in zip(y.tolist(), p_good.tolist(), strict=True):  # plain Python numbers: flags go into JSON
+    for label, p in zip(y, p_good, strict=True):
         probability = {0: 1 - p, 1: p}
         confident = [c for c in (0, 1) if probability[c] >= threshold[c]]
         flags.append(bool(confident) and max(confident, key=probability.get) != label)
