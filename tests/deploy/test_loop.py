@@ -179,14 +179,11 @@ def test_an_evaluation_crash_is_recorded_and_nothing_changes(server, admin):
     assert candidate.status == "candidate"  # trained and registered, never judged, never served
 
 
-def test_a_reinforcement_round_learns_from_the_ratings_judge(server, admin, users):
-    """RATCHET_LOOP_METHOD=rft: GRPO on the rated prompts, rewarded by the judge fitted on the ratings."""
-    from retrain.jobs import get_job
-    from retrain.runs import read_metrics
-
+def one_round(server, users, **settings) -> tuple[dict, str]:
+    """30 more ratings, then one short loop round with `settings`: (its decision, its job id)."""
     settings = server.settings.model_copy(
-        update={"loop_method": "rft", "loop_every_ratings": 1, "loop_epochs": 1, "canary_fraction": 0.0,
-                "gate_min_pairs": 10, "eval_samples": 2, "eval_prompts": 10}
+        update={"loop_every_ratings": 1, "loop_epochs": 1, "canary_fraction": 0.0, "gate_min_pairs": 10,
+                "eval_samples": 2, "eval_prompts": 10, **settings}
     )  # fmt: skip
     users.run(30)  # both kinds of ratings for the judge, whatever earlier tests left in the store
     loop = ImprovementLoop(settings, server.url, server.admin_key)
@@ -196,6 +193,15 @@ def test_a_reinforcement_round_learns_from_the_ratings_judge(server, admin, user
     finally:
         loop.close()
     assert decision["action"] in ("promote", "reject"), decision.get("error")
+    return decision, job_id
+
+
+def test_a_reinforcement_round_learns_from_the_ratings_judge(server, admin, users):
+    """RATCHET_LOOP_METHOD=rft: GRPO on the rated prompts, rewarded by the judge fitted on the ratings."""
+    from retrain.jobs import get_job
+    from retrain.runs import read_metrics
+
+    decision, job_id = one_round(server, users, loop_method="rft")
     assert decision["method"] == "rft"
     with FeedbackStore(server.settings.store_url) as store:
         job = get_job(store, job_id)
@@ -217,18 +223,7 @@ def test_a_best_of_n_round_trains_on_the_answers_the_ratings_judge_picks(server,
 
     from retrain.jobs import get_job
 
-    settings = server.settings.model_copy(
-        update={"loop_method": "best_of_n", "loop_best_of": 4, "loop_every_ratings": 1, "loop_epochs": 1,
-                "canary_fraction": 0.0, "gate_min_pairs": 10, "eval_samples": 2, "eval_prompts": 10}
-    )  # fmt: skip
-    users.run(30)  # both kinds of ratings for the judge, whatever earlier tests left in the store
-    loop = ImprovementLoop(settings, server.url, server.admin_key)
-    try:
-        decision = loop.tick()
-        job_id = loop.state["job"]
-    finally:
-        loop.close()
-    assert decision["action"] in ("promote", "reject"), decision.get("error")
+    decision, job_id = one_round(server, users, loop_method="best_of_n", loop_best_of=4)
     assert decision["method"] == "best_of_n"
     data = decision["data"]
     assert data["samples_per_prompt"] == 4 and 0 < data["judged"] <= data["prompts"]
