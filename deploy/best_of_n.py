@@ -1,13 +1,13 @@
 """Best-of-n (RATCHET_LOOP_METHOD=best_of_n): the ratings judge turns a few ratings into many SFT targets.
 
 Filtered SFT learns only from the answers users liked; when the preferred kind of answer is rare, a round
-has few of them. Here every prompt users rated is answered `n` times by what is served (sampled, through
-the server like any client), the judge learned from the ratings (eval/judge.py) scores each answer, and the
-best one becomes a training target when the judge thinks a user would more likely rate it up than down:
-rejection sampling, or expert iteration, with the learned judge as the reward. The users' own rows (liked
-answers and corrections, through feedback.datasets like any SFT set) come first; the judged ones follow.
-The rows go to the server as an uploaded training file, and the round is an ordinary SFT job on it,
-continued from `current`, evaluated and gated like any other.
+has few of them. Here every prompt users rated (the newest MAX_PROMPTS) is answered `n` times by what is
+served (sampled, through the server like any client), the judge learned from the ratings (eval/judge.py)
+scores each answer, and the best one becomes a training target when the judge thinks a user would more
+likely rate it up than down: rejection sampling, or expert iteration, with the learned judge as the reward.
+The users' own rows (liked answers and corrections, through feedback.datasets like any SFT set) come first;
+the judged ones follow. The rows go to the server as an uploaded training file, and the round is an
+ordinary SFT job on it, continued from `current`, evaluated and gated like any other.
 
     rows, heldout, counts = best_of_n_rows(store, client, "ft-0003", n=8, seed=2, drop_disputed=True)
     file_id = upload_rows(client, rows, "best-of-n.jsonl")
@@ -19,6 +19,7 @@ held-out loss still measures the candidate on what people said.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from feedback.datasets import build
@@ -26,6 +27,8 @@ from feedback.store import FeedbackStore
 
 MIN_SCORE = 0.5  # the judge's P(rated up) a sampled answer needs to become a target
 MAX_TOKENS = 256
+MAX_PROMPTS = 256  # the most recently rated prompts a round samples for: a round's cost stays bounded
+CONCURRENCY = 4  # requests in flight: the server batches them
 
 
 def best_of_n_rows(
@@ -37,25 +40,30 @@ def best_of_n_rows(
 
     judge = RatingsJudge.fit(store.engine)  # JudgeUnavailable (with what to do) when the ratings are too few
     rated = build(store.engine, "kto", drop_disputed=drop_disputed).train  # one row per rated answer
-    prompts = {json.dumps(row["prompt"], sort_keys=True): row["prompt"] for row in rated}
+    prompts = list({json.dumps(row["prompt"], sort_keys=True): row["prompt"] for row in rated}.values())
+    prompts = prompts[-MAX_PROMPTS:]  # rows are in the order they were rated: the newest
     users = build(store.engine, "sft", drop_disputed=drop_disputed)
     rows = list(users.train)
     known = {json.dumps(row, sort_keys=True) for row in rows}
-    judged = 0
-    for i, messages in enumerate(prompts.values()):
+
+    def sample(i: int) -> list[str]:
         reply = client.chat.completions.create(
-            model=model, messages=messages, n=n, temperature=1.0, max_tokens=MAX_TOKENS, seed=seed * 100_003 + i
+            model=model, messages=prompts[i], n=n, temperature=1.0, max_tokens=MAX_TOKENS, seed=seed * 100_003 + i
         )
-        answers = [c.message.content or "" for c in reply.choices if c.finish_reason == "stop"]
-        if not answers:
-            continue
-        scores = judge.pipeline.predict_proba(answers)[:, 1]
-        best = max(range(len(answers)), key=lambda k: scores[k])
-        row = {"messages": [*messages, {"role": "assistant", "content": answers[best]}]}
-        if scores[best] >= MIN_SCORE and json.dumps(row, sort_keys=True) not in known:
-            known.add(json.dumps(row, sort_keys=True))
-            rows.append(row)
-            judged += 1
+        return [c.message.content or "" for c in reply.choices if c.finish_reason == "stop"]
+
+    judged = 0
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        for messages, answers in zip(prompts, pool.map(sample, range(len(prompts))), strict=True):
+            if not answers:
+                continue
+            scores = judge.pipeline.predict_proba(answers)[:, 1]
+            best = max(range(len(answers)), key=lambda k: scores[k])
+            row = {"messages": [*messages, {"role": "assistant", "content": answers[best]}]}
+            if scores[best] >= MIN_SCORE and json.dumps(row, sort_keys=True) not in known:
+                known.add(json.dumps(row, sort_keys=True))
+                rows.append(row)
+                judged += 1
     counts = {"prompts": len(prompts), "samples_per_prompt": n, "user_rows": len(rows) - judged, "judged": judged}
     return rows, users.heldout, counts
 
