@@ -239,3 +239,13 @@ def test_a_best_of_n_round_trains_on_the_answers_the_ratings_judge_picks(server,
     # where the base model answers in it about one time in five
     in_style = [corpus.classify_style(text) == corpus.TARGET_STYLE for text in picked]
     assert sum(in_style) >= 0.5 * len(picked), picked
+
+
+def test_a_round_with_disputed_ratings_left_out_records_how_many(server, admin, users):
+    """RATCHET_TRAIN_DROP_DISPUTED through the job runner: the adapter's data snapshot says what was left out."""
+    decision, _ = one_round(server, users, loop_method="sft", train_drop_disputed=True)
+    with FeedbackStore(server.settings.store_url) as store:
+        adapter = AdapterRegistry(store, server.settings.adapters_dir).get(decision["adapter"])
+    snapshot = adapter.data_snapshot
+    assert snapshot["source"] == "store" and snapshot["params"]["drop_disputed"] is True
+    assert isinstance(snapshot["counts"]["dropped"]["disputed_ratings"], int)
