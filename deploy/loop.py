@@ -94,7 +94,9 @@ class ImprovementLoop:
         self.settings, self.url = settings, url
         self.store = FeedbackStore(settings.store_url)
         self.admin = AdminClient(url, admin_key)
-        self.client = OpenAI(base_url=url + "/v1", api_key=admin_key, timeout=300, max_retries=2)
+        # a background job can wait: enough retries (with the SDK's backoff) to outlast an ingress that marks a
+        # busy replica down for a few health checks while training and evaluation share its cores
+        self.client = OpenAI(base_url=url + "/v1", api_key=admin_key, timeout=300, max_retries=6)
         self.state: dict[str, Any] = self.store.get_state("loop") or {}
         self.state.update(state="idle", promotions=self.state.get("promotions", 0), rounds=self.state.get("rounds", 0))
         self.state.setdefault("last_decision", None)  # the status contract always carries it
