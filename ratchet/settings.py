@@ -163,7 +163,7 @@ class Settings(BaseSettings):
 
     # -- the loop and the canary ----------------------------------------------------------------
     train_drop_disputed: bool = Field(
-        False,
+        True,
         description="Training sets built from the store leave out the thumbs and scores that a classifier "
         "fitted on the other ratings contradicts (likely flipped); imported rows, corrections and comparisons stay.",
     )

@@ -120,7 +120,12 @@ def train(
         raise CliError(f"no base model at {settings.demo_model_dir}: run `ratchet init --home {settings.home}` first")
     with open_store(settings) as store:
         try:
-            data = data_from_file(method, file, validation_file) if file else data_from_store(store, method)
+            drop = settings.train_drop_disputed
+            data = (
+                data_from_file(method, file, validation_file)
+                if file
+                else data_from_store(store, method, drop_disputed=drop)
+            )
         except DataError as error:
             for line in error.lines:
                 sys.stderr.write(line + "\n")
