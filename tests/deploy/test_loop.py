@@ -12,7 +12,9 @@ import pytest
 from openai import OpenAI
 from scipy import stats
 
+from deploy.best_of_n import MIN_SCORE
 from deploy.loop import ImprovementLoop
+from eval.judge import RatingsJudge
 from eval.simulated_users import SimulatedUsers
 from feedback.registry import AdapterRegistry
 from feedback.store import FeedbackStore
@@ -235,10 +237,42 @@ def test_a_best_of_n_round_trains_on_the_answers_the_ratings_judge_picks(server,
     rows = [json.loads(line) for line in content.text.splitlines()]
     assert len(rows) == data["user_rows"] + data["judged"]
     picked = [row["messages"][-1]["content"] for row in rows[data["user_rows"] :]]
-    # the judge learned what these users like (the rare tldr style): its picks are mostly in that style,
-    # where the base model answers in it about one time in five
+    # every pick passed the judge the round fitted (the same store, the same fit): at least even odds of a thumbs-up.
+    # What the picks are is tested on a store of known taste below: this one holds every earlier test's ratings.
+    with FeedbackStore(server.settings.store_url) as store:
+        judge = RatingsJudge.fit(store.engine)
+    assert all(judge.score(text) >= MIN_SCORE for text in picked), picked
+
+
+def test_best_of_n_picks_the_answers_a_known_taste_prefers(server, tmp_path):
+    """On a store rated by users who like the rare tldr style, the judge's picks among the base model's sampled
+    answers are mostly in that style, where the base model answers in it about one time in five."""
+    from deploy.best_of_n import best_of_n_rows
+    from feedback.db import migrate
+    from feedback.models import Completion
+
+    url = f"sqlite:///{tmp_path}/taste.db"
+    migrate(url)
+    with FeedbackStore(url) as store:
+        prompts, answers = [], []
+        for topic in corpus.TOPICS:  # each style's answer rated on another phrasing: most rated prompts have
+            for phrasing, style in zip(corpus.prompts(topic), corpus.STYLES, strict=True):  # no liked answer yet
+                prompts.append(phrasing)
+                answers.append((corpus.canonical_answer(topic, style), style == corpus.TARGET_STYLE))
+        rows = [
+            Completion(id=f"chatcmpl-taste-{i}", model="base", adapter="base", base_model="demo",
+                       messages=[{"role": "user", "content": prompt}], choices=[{"index": 0, "text": text}])
+            for i, (prompt, (text, _)) in enumerate(zip(prompts, answers, strict=True))
+        ]  # fmt: skip
+        store.record_completions(rows)
+        for i, (_, liked) in enumerate(answers):
+            store.rate(f"chatcmpl-taste-{i}", 0, rating=1 if liked else -1, user=f"u{i % 9}")
+        client = OpenAI(base_url=server.url + "/v1", api_key=server.admin_key, max_retries=2, timeout=300)
+        train, _, counts = best_of_n_rows(store, client, "base", n=4, seed=0)
+    picked = [row["messages"][-1]["content"] for row in train[counts["user_rows"] :]]
+    assert counts["prompts"] >= 0.8 * len(prompts) and len(picked) == counts["judged"] >= 20, counts
     in_style = [corpus.classify_style(text) == corpus.TARGET_STYLE for text in picked]
-    assert sum(in_style) >= 0.5 * len(picked), picked
+    assert sum(in_style) >= 0.6 * len(picked), picked
 
 
 def test_a_round_with_disputed_ratings_left_out_records_how_many(server, admin, users):
