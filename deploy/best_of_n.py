@@ -60,8 +60,9 @@ def best_of_n_rows(
             scores = judge.pipeline.predict_proba(answers)[:, 1]
             best = max(range(len(answers)), key=lambda k: scores[k])
             row = {"messages": [*messages, {"role": "assistant", "content": answers[best]}]}
-            if scores[best] >= MIN_SCORE and json.dumps(row, sort_keys=True) not in known:
-                known.add(json.dumps(row, sort_keys=True))
+            key = json.dumps(row, sort_keys=True)
+            if scores[best] >= MIN_SCORE and key not in known:
+                known.add(key)
                 rows.append(row)
                 judged += 1
     counts = {"prompts": len(prompts), "samples_per_prompt": n, "user_rows": len(rows) - judged, "judged": judged}

@@ -181,14 +181,14 @@ def _check(name: str, passed: bool, detail: str, *, test: str | None = None, **n
     return {**check, "test": test} if test else check
 
 
-def numbers_text(numbers: dict[str, Any]) -> str:
+def numbers_text(numbers: dict[str, Any], prefix: str = "") -> str:
     """A check's or a canary's numbers on one line: `n=35, estimate=0.629, low=0.46` (nested dicts flattened)."""
     parts = []
     for key, value in numbers.items():
         if isinstance(value, dict):
-            parts += [f"{key}.{part}" for part in numbers_text(value).split(", ") if part]
+            parts.append(numbers_text(value, f"{prefix}{key}."))
         elif isinstance(value, float):
-            parts.append(f"{key}={value:.3g}")
+            parts.append(f"{prefix}{key}={value:.3g}")
         elif value is not None:
-            parts.append(f"{key}={value}")
-    return ", ".join(parts)
+            parts.append(f"{prefix}{key}={value}")
+    return ", ".join(part for part in parts if part)
