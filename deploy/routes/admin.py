@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -70,6 +71,11 @@ async def _switch(runtime: ServingRuntime) -> dict:
     return {**await _status(runtime), "replicas": replicas}
 
 
+async def _plan(runtime: ServingRuntime, change: Callable[..., Any], *args: Any, **options: Any) -> None:
+    """Record a change of who serves (a deploy/promotion.py function) off the event loop."""
+    await asyncio.to_thread(change, runtime.store, runtime.registry, *args, **options)
+
+
 async def _status(runtime: ServingRuntime) -> dict:
     return await asyncio.to_thread(
         status_object, runtime.settings, runtime.store, loaded_adapters=runtime.engine.adapters()
@@ -90,45 +96,25 @@ async def admin_status(runtime: Runtime) -> dict:
 @router.post("/promote")
 async def admin_promote(runtime: Runtime, body: PromoteBody) -> dict:
     await _checked(runtime, body)
-    await asyncio.to_thread(
-        promotion.promote,
-        runtime.store,
-        runtime.registry,
-        body.adapter,
-        force=body.force,
-        reason=body.reason,
-        evidence=body.evidence,
-    )
+    await _plan(runtime, promotion.promote, body.adapter, force=body.force, reason=body.reason, evidence=body.evidence)
     return await _switch(runtime)
 
 
 @router.post("/rollback")
 async def admin_rollback(runtime: Runtime, body: ReasonBody | None = None) -> dict:
     body = body or ReasonBody()
-    await asyncio.to_thread(
-        promotion.rollback, runtime.store, runtime.registry, reason=body.reason, evidence=body.evidence
-    )
+    await _plan(runtime, promotion.rollback, reason=body.reason, evidence=body.evidence)
     return await _switch(runtime)
 
 
 @router.post("/canary")
 async def admin_canary(runtime: Runtime, body: CanaryBody) -> dict:
     await _checked(runtime, body)
-    await asyncio.to_thread(
-        promotion.start_canary,
-        runtime.store,
-        runtime.registry,
-        body.adapter,
-        body.fraction,
-        force=body.force,
-        evidence=body.evidence,
-    )
+    await _plan(runtime, promotion.start_canary, body.adapter, body.fraction, force=body.force, evidence=body.evidence)
     return await _switch(runtime)
 
 
 @router.post("/canary/abort")
 async def admin_canary_abort(runtime: Runtime, body: ReasonBody) -> dict:
-    await asyncio.to_thread(
-        promotion.abort_canary, runtime.store, runtime.registry, reason=body.reason, evidence=body.evidence
-    )
+    await _plan(runtime, promotion.abort_canary, reason=body.reason, evidence=body.evidence)
     return await _switch(runtime)
