@@ -14,12 +14,15 @@ SFT path (retrain/finetune.py) on rows written from the demo corpus:
            that learned the marker alone would prefer;
 - equal:   copies of current's files under new names (an A/A candidate).
 Each trial runs the offline evaluation exactly as the loop does (eval/run.py: the suite, sampled answers judged
-pairwise, quality, held-out loss) with its own seed and prompt sample, and the gate's verdict is counted. The
+pairwise, quality, held-out loss, in up to RATCHET_EVAL_LOOKS pooled looks) with its own seed and prompt
+sample, and two verdicts are counted side by side on the same answers: the gate on the first look alone
+(one look, the 95 % interval) and the gate in looks (eval/looks.py). The
 canary is then replayed on the same kinds: each arm's live ratings are drawn (with the trial's seed) from a
 pool of the model's answers to held-out prompts, rated by the users' hidden preference with `--noise` of
 the thumbs flipped, and fed rating by rating into deploy/canary.py's decision until it stops waiting.
 
-Reported per kind: promote rate with its 95 % Wilson interval, for the gate and for the canary. Goals: worse
+Reported per kind: promote rate with its 95 % Wilson interval, for the gate (one look, in looks) and for the
+canary, and the looks the gate took. Goals: worse
 0 % promoted (upper bound < 10 %), equal <= 5 %, better >= 90 %. Writes benchmarks/out/gate.json; the script
 times itself; nothing here asserts a rate.
 """
@@ -149,6 +152,10 @@ def rate_line(verdicts: list[bool]) -> dict[str, Any]:
     return {"promoted": sum(verdicts), "trials": len(verdicts), **interval.as_dict()}
 
 
+def rate_text(row: dict[str, Any]) -> str:
+    return f"{row['promoted']}/{row['trials']} [{row['low']:.0%}, {row['high']:.0%}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=20, help="trials per kind (worse, equal, better)")
@@ -163,7 +170,8 @@ def main() -> None:
     from deploy.workspace import init_workspace
     from eval.gate import PromotionGate
     from eval.judge import RatingsJudge
-    from eval.offline import evaluate, heldout_loss_of
+    from eval.looks import evaluate_in_looks
+    from eval.offline import heldout_loss_of
     from eval.regression import load_suite
     from eval.run import gate_policy, heldout_prompts
     from eval.simulated_users import SimulatedUsers
@@ -197,17 +205,19 @@ def main() -> None:
                 load_suite(settings.regression_dir),
                 heldout_prompts(store),
             )
-            gate = PromotionGate(gate_policy(settings))
+            policy = gate_policy(settings)
+            gate, one_look = PromotionGate(policy), PromotionGate(policy.model_copy(update={"looks": 1}))
             liked = {name: answer_pool(client, users, name, 7) for name in [current, *pools["worse"], *pools["better"]]}
             liked |= {name: liked[current] for name in pools["equal"]}  # the same files answer the same
             trials: list[dict[str, Any]] = []
             for kind in KINDS:
                 for t in range(args.trials):
                     candidate = pools[kind][t % len(pools[kind])]
-                    evaluation = evaluate(
+                    evaluation, decision, looks = evaluate_in_looks(
                         client,
                         candidate,
                         current,
+                        gate=gate,
                         judge=judge,
                         suite=suite,
                         prompts=prompts,
@@ -217,14 +227,17 @@ def main() -> None:
                         max_prompts=settings.eval_prompts,
                         seed=1000 * (t + 1),
                     )
-                    decision = gate.decide(evaluation.metrics)
+                    first = one_look.decide(looks[0].metrics)
                     canary = replay_canary(liked[candidate], liked[current], settings, args.noise, seed=t)
                     trials.append(
                         {
                             "kind": kind,
                             "candidate": candidate,
+                            "one_look": first.verdict,
+                            "one_look_reasons": first.reasons,
                             "gate": decision.verdict,
                             "reasons": decision.reasons,
+                            "looks": evaluation.metrics["looks"],
                             "win_rate": evaluation.metrics["win_rate"],
                             "quality": evaluation.metrics["quality"],
                             "regression": evaluation.metrics["regression"],
@@ -232,7 +245,8 @@ def main() -> None:
                         }
                     )
                     print(
-                        f"  {kind} {candidate} trial {t}: gate {decision.verdict}, canary {canary['action']}",
+                        f"  {kind} {candidate} trial {t}: one look {first.verdict}, gate {decision.verdict} in "
+                        f"{len(looks)} looks, canary {canary['action']}",
                         flush=True,
                     )
         finally:
@@ -242,7 +256,9 @@ def main() -> None:
             stop(settings)
     summary = {
         kind: {
+            "one_look": rate_line([x["one_look"] == "promote" for x in trials if x["kind"] == kind]),
             "gate": rate_line([x["gate"] == "promote" for x in trials if x["kind"] == kind]),
+            "looks": [len(x["looks"]) for x in trials if x["kind"] == kind],
             "canary": rate_line([x["canary"]["action"] == "promote" for x in trials if x["kind"] == kind]),
             "liked": {name: round(sum(liked[name]) / POOL, 3) for name in pools[kind]},
         }
@@ -250,11 +266,11 @@ def main() -> None:
     }
     print(f"\ncurrent {current}: {sum(liked[current]) / POOL:.0%} of its answers liked")
     for kind, row in summary.items():
-        gate_row, canary_row = row["gate"], row["canary"]
+        looks = row["looks"]
         print(
-            f"  {kind:6s} gate promoted {gate_row['promoted']}/{gate_row['trials']} "
-            f"[{gate_row['low']:.0%}, {gate_row['high']:.0%}]; canary {canary_row['promoted']}/{canary_row['trials']} "
-            f"[{canary_row['low']:.0%}, {canary_row['high']:.0%}]; liked {row['liked']}"
+            f"  {kind:6s} promoted: one look {rate_text(row['one_look'])}; in looks {rate_text(row['gate'])} "
+            f"({sum(looks) / len(looks):.1f} looks on average, {looks.count(1)} of {len(looks)} settled in one); "
+            f"canary {rate_text(row['canary'])}; liked {row['liked']}"
         )
     payload = {
         "benchmark": "bench_gate",

@@ -3,9 +3,16 @@
     decision = PromotionGate(GatePolicy()).decide(evaluation.metrics)
     decision.verdict   # "promote" | "reject"
     decision.reasons   # one line per check, passed or failed, for the report and the registry
+    decision.settled   # False: a rejection that more sampled answers could still turn (see eval/looks.py)
 
 Every check must pass to promote. A missing measurement fails its check: a gate that cannot see a
 number does not wave the candidate through.
+
+The gate may look at a candidate more than once (`looks`): an unsettled rejection, a win-rate interval
+that straddles its threshold or a quality fall that could be chance, earns another sample, pooled with the
+ones before. Every look is a chance to promote, so the win-rate's interval is widened for the number of
+looks (Bonferroni): the chance that a candidate no better than the baseline passes it at any look stays
+within the single look's.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
+
+from eval.stats import wilson
 
 
 class GatePolicy(BaseModel):
@@ -50,6 +59,14 @@ class GatePolicy(BaseModel):
     loss_tolerance: float = Field(
         0.10, ge=0, description="How much the held-out loss may rise (relative: 0.10 = 10 %) over the start."
     )
+    looks: int = Field(
+        1, ge=1, le=5, description="Evaluations of one candidate at most, pooled; the win-rate interval widens with it."
+    )
+
+    @property
+    def win_rate_confidence(self) -> float:
+        """Two-sided confidence of the win-rate interval: 95 % split over the looks."""
+        return 1 - 0.05 / self.looks
 
 
 @dataclass
@@ -57,9 +74,10 @@ class Decision:
     verdict: str  # promote / reject
     reasons: list[str] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
+    settled: bool = True  # False: every failed check could still pass with more sampled answers
 
     def as_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "reasons": self.reasons, "checks": self.checks}
+        return {"verdict": self.verdict, "reasons": self.reasons, "checks": self.checks, "settled": self.settled}
 
 
 class PromotionGate:
@@ -68,34 +86,42 @@ class PromotionGate:
 
     def decide(self, metrics: dict[str, Any]) -> Decision:
         checks = [self._win_rate(metrics), self._regressions(metrics), self._quality(metrics), self._loss(metrics)]
-        passed = all(check["passed"] for check in checks)
+        failed = [check for check in checks if not check["passed"]]
         reasons = [("ok: " if c["passed"] else "FAILED: ") + c["detail"] for c in checks]
-        return Decision("promote" if passed else "reject", reasons, checks)
+        settled = not failed or not all(check.get("open") for check in failed)
+        return Decision("reject" if failed else "promote", reasons, checks, settled)
 
     # -- checks ----------------------------------------------------------------------------------
     def _win_rate(self, metrics: dict[str, Any]) -> dict[str, Any]:
         win = metrics.get("win_rate")
         if not win:
             return _check("win_rate", False, "no pairwise win-rate was measured")
-        n, low, estimate = int(win["n"]), float(win["low"]), float(win["estimate"])
+        confidence, threshold = self.policy.win_rate_confidence, self.policy.min_win_rate_low
+        if "wins" in win:  # the interval at the policy's confidence, from the counts
+            interval = wilson(int(win["wins"]), int(win["wins"]) + int(win["losses"]), confidence)
+            n, low, high, estimate = interval.n, interval.low, interval.high, interval.estimate
+        else:
+            n, low, high, estimate = int(win["n"]), float(win["low"]), float(win["high"]), float(win["estimate"])
         if n < self.policy.min_pairs:
-            return _check("win_rate", False, f"only {n} judged pairs, {self.policy.min_pairs} needed")
-        ok = low > self.policy.min_win_rate_low
+            # all ties (identical answers) will not change with more samples; a few pairs might
+            return _check("win_rate", False, f"only {n} judged pairs, {self.policy.min_pairs} needed", still_open=n > 0)
+        ok = low > threshold
         relation = ">" if ok else "<="
         detail = (
-            f"win-rate {estimate:.0%} over n={n} pairs, 95 % CI lower bound {low:.2f} {relation} "
-            f"{self.policy.min_win_rate_low:.2f}"
+            f"win-rate {estimate:.0%} over n={n} pairs, {confidence * 100:.3g} % CI lower bound {low:.2f} {relation} "
+            f"{threshold:.2f}"
         )
         return _check(
             "win_rate",
             ok,
             detail,
-            test="Wilson 95 % interval of wins / (wins + losses), ties left out",
+            still_open=high > threshold,
+            test=f"Wilson {confidence * 100:.3g} % interval of wins / (wins + losses), ties left out",
             n=n,
             estimate=estimate,
-            low=low,
-            high=win.get("high"),
-            threshold=self.policy.min_win_rate_low,
+            low=round(low, 4),
+            high=round(high, 4),
+            threshold=threshold,
         )
 
     def _regressions(self, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -134,6 +160,9 @@ class PromotionGate:
         tolerance, alpha = self.policy.quality_tolerance, self.policy.quality_alpha
         p_value = 0.0 if worse is None else paired_worse_p(int(worse), int(better))
         ok = candidate >= baseline - tolerance or p_value >= alpha
+        # clearly past the tolerance (even the candidate's upper bound) is not worth another look
+        high = wilson(round(candidate * int(quality["n"])), int(quality["n"])).high
+        still_open = high >= baseline - tolerance
         detail = (
             f"well-formed answers {candidate:.0%} vs baseline {baseline:.0%} (may fall {tolerance:.0%}, or "
             f"more unless significant at {alpha}), n={quality['n']}"
@@ -146,6 +175,7 @@ class PromotionGate:
             "quality",
             ok,
             detail,
+            still_open=still_open,
             test="one-sided exact sign test over the pairs only one model answered well-formed",
             n=quality["n"],
             candidate=candidate,
@@ -176,8 +206,13 @@ def paired_worse_p(worse: int, better: int) -> float:
     return float(stats.binomtest(worse, worse + better, 0.5, alternative="greater").pvalue)
 
 
-def _check(name: str, passed: bool, detail: str, *, test: str | None = None, **numbers: Any) -> dict[str, Any]:
+def _check(
+    name: str, passed: bool, detail: str, *, still_open: bool = False, test: str | None = None, **numbers: Any
+) -> dict[str, Any]:
+    """One check's verdict; `still_open`: a failure that more sampled answers could still turn into a pass."""
     check = {"name": name, "passed": passed, "detail": detail, "numbers": numbers}
+    if not passed:
+        check["open"] = bool(still_open)
     return {**check, "test": test} if test else check
 
 

@@ -55,28 +55,16 @@ def evaluate(
     max_prompts: int = 40,
     seed: int = 0,
     concurrency: int = 4,
+    run_suite: bool = True,
 ) -> Evaluation:
-    """Measure `candidate` against `baseline` (both names the server serves: base or ft-…)."""
+    """Measure `candidate` against `baseline` (both names the server serves: base or ft-…).
+
+    `run_suite=False` skips the greedy suite (a later look: its answers would be the same)."""
     models = (candidate, baseline)
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ratchet-eval")
     try:
         # 1) the regression suite, greedy
-        greedy = {
-            model: list(
-                pool.map(lambda case, m=model: _answers(client, m, case.chat, n=1, temperature=0, seed=0)[0], suite)
-            )
-            for model in models
-        }
-        passed = {model: [c.passes(a) for c, a in zip(suite, greedy[model], strict=True)] for model in models}
-        pairs = zip(suite, passed[candidate], passed[baseline], strict=True)
-        outcomes = [(case.id, ok, ok_before) for case, ok, ok_before in pairs]
-        regression = {
-            "cases": len(suite),
-            "candidate_passed": sum(passed[candidate]),
-            "baseline_passed": sum(passed[baseline]),
-            "regressions": [cid for cid, ok, ok_before in outcomes if ok_before and not ok],
-            "fixed": [cid for cid, ok, ok_before in outcomes if ok and not ok_before],
-        }
+        regression = _regression(pool, client, models, suite) if run_suite else None
         # 2) sampled answers for the win-rate and quality, on suite prompts and held-out prompts
         chosen = _pick_prompts(suite, prompts or [], max_prompts, seed)
         sampled = {
@@ -120,6 +108,8 @@ def evaluate(
             "candidate": checked[candidate][0] / n_checked if n_checked else None,
             "baseline": checked[baseline][0] / n_checked if n_checked else None,
             "n": n_checked,
+            "candidate_passed": checked[candidate][0],
+            "baseline_passed": checked[baseline][0],
             "worse_pairs": discordant["worse"],
             "better_pairs": discordant["better"],
         },
@@ -128,6 +118,45 @@ def evaluate(
         "settings": {"samples": samples, "temperature": temperature, "prompts": len(chosen), "seed": seed},
     }
     return Evaluation(candidate, baseline, metrics, examples)
+
+
+def _regression(pool: ThreadPoolExecutor, client: Any, models: tuple[str, str], suite: list[Case]) -> dict[str, Any]:
+    candidate, baseline = models
+
+    def greedy(model: str) -> list[str]:
+        return list(pool.map(lambda case: _answers(client, model, case.chat, n=1, temperature=0, seed=0)[0], suite))
+
+    passed = {model: [c.passes(a) for c, a in zip(suite, greedy(model), strict=True)] for model in models}
+    outcomes = list(zip((case.id for case in suite), passed[candidate], passed[baseline], strict=True))
+    return {
+        "cases": len(suite),
+        "candidate_passed": sum(passed[candidate]),
+        "baseline_passed": sum(passed[baseline]),
+        "regressions": [cid for cid, ok, ok_before in outcomes if ok_before and not ok],
+        "fixed": [cid for cid, ok, ok_before in outcomes if ok and not ok_before],
+    }
+
+
+def pooled(first: Evaluation, later: Evaluation) -> Evaluation:
+    """Two looks at one candidate as one: judged pairs and checked answers summed, the first look's suite."""
+    a, b = first.metrics, later.metrics
+    wins, losses, ties = (a["win_rate"][k] + b["win_rate"][k] for k in ("wins", "losses", "ties"))
+    counts = {k: a["quality"][k] + b["quality"][k] for k in ("n", "candidate_passed", "baseline_passed")}
+    discordant = {k: a["quality"][k] + b["quality"][k] for k in ("worse_pairs", "better_pairs")}
+    n = counts["n"]
+    quality = {
+        "candidate": counts["candidate_passed"] / n if n else None,
+        "baseline": counts["baseline_passed"] / n if n else None,
+        **counts,
+        **discordant,
+    }
+    metrics = {
+        **a,
+        "win_rate": {**wilson(wins, wins + losses).as_dict(), "wins": wins, "losses": losses, "ties": ties},
+        "quality": quality,
+        "settings": {**a["settings"], "prompts": a["settings"]["prompts"] + b["settings"]["prompts"]},
+    }
+    return Evaluation(first.candidate, first.baseline, metrics, first.examples)
 
 
 def _pick_prompts(

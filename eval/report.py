@@ -71,6 +71,8 @@ def _markdown(evaluation: Evaluation, decision: Decision, images: list[str]) -> 
         "",
         "## The gate's numbers",
         "",
+        _looks_text(m),
+        "",
         "| check | passed | numbers | test |",
         "|---|---|---|---|",
         *[
@@ -91,6 +93,17 @@ def _markdown(evaluation: Evaluation, decision: Decision, images: list[str]) -> 
             "",
         ]
     return "\n".join(lines)
+
+
+def _looks_text(metrics: dict) -> str:
+    """How many looks the gate took and what each saw (eval/looks.py); one look for older evaluations."""
+    looks = metrics.get("looks") or []
+    if len(looks) <= 1:
+        return "Decided on one look."
+    steps = "; ".join(
+        f"look {x['look']}: {x['verdict']}{'' if x['settled'] else ' (unsettled)'}, {x['pairs']} pairs" for x in looks
+    )
+    return f"Decided on {len(looks)} looks, their answers pooled ({steps})."
 
 
 def _html(evaluation: Evaluation, decision: Decision, images: list[str]) -> str:
@@ -119,7 +132,8 @@ td,th{{border:1px solid #ddd;padding:4px 8px;vertical-align:top}}table{{border-c
 <p>Win-rate {win["estimate"]:.0%} (95 % CI {win["low"]:.2f}-{win["high"]:.2f}, n={win["n"]}),
 well-formed {_share(m["quality"]["candidate"])} vs {_share(m["quality"]["baseline"])}.</p>
 {imgs}
-<h2>The gate's numbers</h2><table><tr><th>check</th><th>passed</th><th>numbers</th><th>test</th></tr>{checks}</table>
+<h2>The gate's numbers</h2><p>{esc(_looks_text(m))}</p>
+<table><tr><th>check</th><th>passed</th><th>numbers</th><th>test</th></tr>{checks}</table>
 <h2>Example pairs</h2><table><tr><th>prompt</th><th>candidate</th><th>baseline</th><th>judge</th></tr>{pairs}</table>
 </body></html>"""
 

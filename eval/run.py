@@ -15,7 +15,8 @@ from typing import Any
 
 from eval.gate import Decision, GatePolicy, PromotionGate
 from eval.judge import Judge, JudgeUnavailable, LLMJudge, RatingsJudge
-from eval.offline import Evaluation, evaluate, heldout_loss_of
+from eval.looks import evaluate_in_looks
+from eval.offline import Evaluation, heldout_loss_of
 from eval.regression import load_suite
 from eval.report import write_report
 from feedback.models import Adapter, AdapterStatus, EvalRun, new_id
@@ -41,6 +42,7 @@ def gate_policy(settings: Settings) -> GatePolicy:
         quality_tolerance=settings.gate_quality_tolerance,
         quality_alpha=settings.gate_quality_alpha,
         loss_tolerance=settings.gate_loss_tolerance,
+        looks=settings.eval_looks,
     )
 
 
@@ -65,10 +67,11 @@ def run_evaluation(
 ) -> EvaluationOutcome:
     registry = AdapterRegistry(store, settings.adapters_dir)
     record = registry.get(candidate)
-    evaluation = evaluate(
+    evaluation, decision, _ = evaluate_in_looks(
         client,
         candidate,
         baseline,
+        gate=PromotionGate(gate_policy(settings)),
         judge=make_judge(settings, store),
         suite=load_suite(settings.regression_dir),
         prompts=heldout_prompts(store),
@@ -78,7 +81,6 @@ def run_evaluation(
         max_prompts=settings.eval_prompts,
         seed=seed,
     )
-    decision = PromotionGate(gate_policy(settings)).decide(evaluation.metrics)
     eval_id = new_id("eval")
     report = write_report(evaluation, decision, settings.reports_dir / eval_id, run_dir=record.metrics.get("run_dir"))
     with store.session() as session:

@@ -35,7 +35,7 @@ def wilson(successes: float, n: int, confidence: float = 0.95) -> Interval:
         return Interval(0.5, 0.0, 1.0, 0)
     if not 0 <= successes <= n:
         raise ValueError(f"successes must be within [0, n={n}], got {successes}")
-    z = stats.norm.ppf(0.5 + confidence / 2)
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
     p = successes / n
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator

@@ -143,6 +143,13 @@ class Settings(BaseSettings):
     eval_prompts: int = Field(40, ge=1, description="Most prompts an offline evaluation samples answers for.")
     eval_samples: int = Field(2, ge=1, le=8, description="Sampled answers per prompt and model for the win-rate.")
     eval_temperature: float = Field(1.0, ge=0, le=2, description="Temperature of the win-rate samples.")
+    eval_looks: int = Field(
+        3,
+        ge=1,
+        le=5,
+        description="Evaluations of one candidate at most: a close rejection earns another sample, pooled (the "
+        "win-rate interval widens with the looks so a worse candidate gains no chance).",
+    )
     gate_min_pairs: int = Field(20, ge=1, description="Gate: judged pairs (ties excluded) needed to decide.")
     gate_min_win_rate_low: float = Field(
         0.5, ge=0, lt=1, description="Gate: the win-rate's 95 % lower bound must exceed this."

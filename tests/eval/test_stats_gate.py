@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -144,3 +145,62 @@ def test_numbers_read_on_one_line():
     assert numbers_text({"counts": {"canary": {"up": 3, "n": 20}}, "p": 0.01}) == (
         "counts.canary.up=3, counts.canary.n=20, p=0.01"
     )
+
+
+def test_more_looks_widen_the_win_rate_interval():
+    # 27 wins of 40: the 95 % lower bound clears 0.5, the 98.3 % one (95 % over three looks) does not
+    close = metrics(wins=27, losses=13)
+    assert PromotionGate(GatePolicy(looks=1)).decide(close).verdict == "promote"
+    three = PromotionGate(GatePolicy(looks=3)).decide(close)
+    assert three.verdict == "reject" and not three.settled  # another look may still show it
+    check = next(c for c in three.checks if c["name"] == "win_rate")
+    assert check["numbers"]["low"] < 0.5 < check["numbers"]["high"] and "98.3 %" in check["test"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "settled"),
+    [
+        ({"wins": 18, "losses": 17}, False),  # a coin flip: more pairs may show a side
+        ({"wins": 5, "losses": 0}, False),  # too few pairs, but some: more samples bring more
+        ({"wins": 0, "losses": 0}, True),  # every pair a tie (identical answers): more of the same
+        ({"wins": 5, "losses": 30}, True),  # clearly not better: even the upper bound is under 0.5
+        ({"regressions": ["moon-1"]}, True),  # the greedy suite answers the same at every look
+        ({"loss": (1.0, 1.5)}, True),  # the training run's number: no look changes it
+        ({"quality": (0.70, 0.95)}, True),  # far past the tolerance: even its upper bound is
+        ({"quality": (0.86, 0.95)}, False),  # past the tolerance, within reach of chance
+    ],
+)
+def test_a_rejection_is_unsettled_only_when_more_answers_could_turn_it(changes, settled):
+    decision = PromotionGate(GatePolicy(looks=3)).decide(metrics(**changes))
+    assert decision.verdict == "reject" and decision.settled is settled
+    assert decision.as_dict()["settled"] is settled
+
+
+def test_a_rejection_on_a_settled_and_an_open_check_is_settled():
+    decision = PromotionGate(GatePolicy(looks=3)).decide(metrics(wins=18, losses=17, regressions=["moon-1"]))
+    assert decision.verdict == "reject" and decision.settled
+
+
+def test_looks_pool_their_pairs_and_answers():
+    from eval.offline import Evaluation, pooled
+
+    def look(wins, losses, ties, passed, checked, worse, better):
+        quality = {"candidate": passed[0] / checked, "baseline": passed[1] / checked, "n": checked}
+        quality |= {"candidate_passed": passed[0], "baseline_passed": passed[1]}
+        quality |= {"worse_pairs": worse, "better_pairs": better}
+        win = {**wilson(wins, wins + losses).as_dict(), "wins": wins, "losses": losses, "ties": ties}
+        return Evaluation("ft-2", "ft-1", {"win_rate": win, "quality": quality, "settings": {"prompts": 10}})
+
+    first, second = look(12, 8, 2, (18, 19), 20, 3, 2), look(15, 5, 0, (20, 19), 20, 1, 2)
+    both = pooled(first, second).metrics
+    assert both["win_rate"]["wins"] == 27 and both["win_rate"]["losses"] == 13 and both["win_rate"]["ties"] == 2
+    assert both["win_rate"]["n"] == 40 and both["win_rate"]["estimate"] == pytest.approx(27 / 40, abs=1e-4)
+    assert both["quality"]["n"] == 40 and both["quality"]["candidate"] == pytest.approx(38 / 40)
+    assert (both["quality"]["worse_pairs"], both["quality"]["better_pairs"]) == (4, 4)
+    assert both["settings"]["prompts"] == 20
+
+
+def test_a_decision_is_plain_json():
+    for changes in ({}, {"wins": 18, "losses": 17}, {"quality": (0.86, 0.95)}):
+        decision = PromotionGate(GatePolicy(looks=3)).decide(metrics(**changes))
+        assert json.loads(json.dumps(decision.as_dict())) == decision.as_dict()
