@@ -4,6 +4,7 @@
     python benchmarks/bench_loop.py --seeds 0,1,2 --noise 0,0.1 --ratings 300
     python benchmarks/bench_loop.py --methods sft,rft --noise 0   # filtered SFT beside reinforcement (GRPO)
     python benchmarks/bench_loop.py --methods sft,sft:agree,dpo,kto --noise 0.1,0.2   # noisy thumbs
+    python benchmarks/bench_loop.py --noise 0 --every 30,20 --seeds 0,1,2   # the loop's rhythm
 
 Each run is a whole `ratchet demo` (deploy/demo.py: server, loop, simulated users who prefer the demo's rare
 `tldr` style) in a fresh workspace sharing one demo model. Reported per run: the preference rate before and
@@ -80,6 +81,9 @@ def main() -> None:
     parser.add_argument(
         "--raters", default="careful", help="careful (rate garbled text down), loose (judge the style marker only)"
     )
+    parser.add_argument(
+        "--every", default="30", help="RATCHET_LOOP_EVERY_RATINGS, one run each (30 is the demo's rhythm)"
+    )
     parser.add_argument("--ratings", type=int, default=240)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--model", type=Path, help="a built demo model dir (default: build one, 600 steps)")
@@ -92,18 +96,23 @@ def main() -> None:
     model = loop_demo_model(args.model)
     runs = []
     plan = [
-        (seed, noise, method, raters)
+        (seed, noise, method, raters, every)
         for seed in [int(s) for s in args.seeds.split(",")]
         for noise in [float(n) for n in args.noise.split(",")]
         for raters in args.raters.split(",")
         for method in args.methods.split(",")
+        for every in [int(n) for n in args.every.split(",")]
     ]
-    for seed, noise, method, raters in plan:
+    for seed, noise, method, raters, every in plan:
         with tempfile.TemporaryDirectory(prefix="ratchet-bench-loop-") as home:
             place_demo_model(model, home)
             name, _, option = method.partition(":")
             settings = Settings(
-                home=Path(home), port=free_port(), loop_method=name, train_drop_disputed=option == "agree"
+                home=Path(home),
+                port=free_port(),
+                loop_method=name,
+                train_drop_disputed=option == "agree",
+                loop_every_ratings=every,
             )
             result = run_demo(
                 settings,
@@ -120,6 +129,7 @@ def main() -> None:
             "seed": seed,
             "noise": noise,
             "raters": raters,
+            "every": every,
             "summary": result.summary(),
             "before": result.before,
             "after": result.after,
@@ -131,7 +141,7 @@ def main() -> None:
         }
         runs.append(run)
         print(
-            f"{method} seed {seed} noise {noise:.0%} {raters} raters: {run['summary']}; "
+            f"{method} seed {seed} noise {noise:.0%} {raters} raters, every {every}: {run['summary']}; "
             f"80 % liked after {run['ratings_to_80']} ratings; gate: {gate['rejected']} rejected, "
             f"{gate['judge_fooled']} of them with the judge's win-rate passing"
             + (f"; {len(gate['failed'])} rounds FAILED, first: {gate['failed'][0]}" if gate["failed"] else ""),

@@ -62,6 +62,12 @@ def _serving_name(status: dict[str, Any]) -> str:
     return status.get("current") or "base"
 
 
+def demo_settings(settings: Settings) -> Settings:
+    """The demo's rhythm over `settings`, except where a setting was given (a flag, the environment): that wins."""
+    given = settings.model_fields_set
+    return settings.model_copy(update={key: value for key, value in DEMO_SETTINGS.items() if key not in given})
+
+
 def run_demo(
     settings: Settings,
     *,
@@ -79,7 +85,7 @@ def run_demo(
 
     started = time.monotonic()
     deadline = started + minutes * 60
-    settings = settings.model_copy(update=DEMO_SETTINGS)
+    settings = demo_settings(settings)
     # 1) workspace, server, loop
     init_workspace(settings)
     say(f"starting the server ({settings.engine} engine, base {settings.base_model_id}) ...")

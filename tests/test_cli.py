@@ -245,6 +245,18 @@ def test_demo_summary_line_has_the_contract_format():
     )
 
 
+def test_the_demo_rhythm_gives_way_to_a_setting_given(tmp_path, monkeypatch):
+    from deploy.demo import DEMO_SETTINGS, demo_settings
+    from ratchet.settings import Settings
+
+    plain = demo_settings(Settings(home=tmp_path))
+    assert all(getattr(plain, key) == value for key, value in DEMO_SETTINGS.items())
+    monkeypatch.setenv("RATCHET_LOOP_EVERY_RATINGS", "20")
+    given = demo_settings(Settings(home=tmp_path, canary_min_ratings=6))
+    assert given.loop_every_ratings == 20 and given.canary_min_ratings == 6
+    assert given.canary_fraction == DEMO_SETTINGS["canary_fraction"]  # the rest is still the demo's
+
+
 @pytest.mark.parametrize("method", ["sft", "dpo", "kto"])
 def test_train_flags_are_generated_from_the_hyperparameter_models(method):
     from retrain.hyperparams import HYPERPARAMETERS
